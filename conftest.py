@@ -1,0 +1,14 @@
+"""Root pytest setup, loaded before any test module imports JAX (tests/ and tfds_builders/).
+
+8 simulated CPU devices so that sharding code paths run as on an 8-accelerator host; Keras 3 (a test
+dependency, the parity oracle) on the JAX backend; TFDS never touches the network.
+"""
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("KERAS_BACKEND", "jax")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TFDS_DATA_DIR", os.path.join(os.path.dirname(__file__), ".pytest_tfds"))
+os.environ.setdefault("NO_GCE_CHECK", "true")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -1,0 +1,121 @@
+"""`radimagenet-jax <command> ...`: argument parsing only; the work happens in the library.
+
+Config-driven commands (pretrain, evaluate, gradcam) take
+    --config=configs/<file>.py[:arg] --workdir=DIR [--config.key=value ...]
+in the ml_collections / big_vision style.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _config_command(argv, command):
+  """Parses --config/--workdir/--config.key=value with ml_collections' absl flags."""
+  from absl import flags
+  from ml_collections import config_flags
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "Config file (configs/<name>.py[:arg]).",
+                                  flag_values=fv, lock_config=True)
+  flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the config used.",
+                      flag_values=fv)
+  if any(a in ("-h", "--help", "--helpfull") for a in argv):
+    print(f"usage: radimagenet-jax {command} --config=configs/FILE.py[:ARG] --workdir=DIR "
+          f"[--config.KEY=VALUE ...]\n\n{_COMMANDS[command][1]}\n\n"
+          "  --config   config file, with an optional ':arg' variant (e.g. configs/pretrain.py:demo)\n"
+          "  --workdir  run directory (checkpoints, metrics, config.json)\n"
+          "  --config.KEY=VALUE  override any config field")
+    raise SystemExit(0)
+  try:
+    fv([f"radimagenet-jax {command}"] + list(argv))
+  except flags.Error as e:
+    raise SystemExit(f"radimagenet-jax {command}: {e}")
+  if fv.config is None or fv.workdir is None:
+    raise SystemExit(f"radimagenet-jax {command}: --config and --workdir are required "
+                     f"(see radimagenet-jax {command} --help).")
+  return fv.config, fv.workdir
+
+
+def _pretrain(argv):
+  config, workdir = _config_command(argv, "pretrain")
+  from radimagenet_jax.train import loop
+  loop.train_and_evaluate(config, workdir)
+
+
+def _evaluate(argv):
+  config, workdir = _config_command(argv, "evaluate")
+  from radimagenet_jax.train import loop
+  loop.evaluate(config, workdir)
+
+
+def _gradcam(argv):
+  config, workdir = _config_command(argv, "gradcam")
+  from radimagenet_jax import gradcam
+  gradcam.run(config, workdir)
+
+
+def _convert(argv):
+  p = argparse.ArgumentParser(prog="radimagenet-jax convert",
+                              description=_COMMANDS["convert"][1])
+  p.add_argument("--model", required=True, help="resnet50 | densenet121 | inception_v3 | "
+                 "inception_resnet_v2")
+  p.add_argument("--h5", required=True, help="Keras .h5 / .weights.h5 file")
+  p.add_argument("--workdir", required=True, help="output Orbax checkpoint directory")
+  args = p.parse_args(argv)
+  from radimagenet_jax import keras_io
+  keras_io.convert(args.h5, args.model, args.workdir)
+
+
+def _inspect(argv):
+  p = argparse.ArgumentParser(prog="radimagenet-jax inspect", description=_COMMANDS["inspect"][1])
+  p.add_argument("file", help="Keras .h5 / .weights.h5 file")
+  args = p.parse_args(argv)
+  from radimagenet_jax import keras_io
+  print(keras_io.describe(args.file))
+
+
+def _build(argv):
+  p = argparse.ArgumentParser(prog="radimagenet-jax build", description=_COMMANDS["build"][1])
+  p.add_argument("dataset", help="DATASET or DATASET/CONFIG, e.g. radimagenet_demo/pretrain")
+  p.add_argument("--data_dir", default=None, help="TFDS data dir (default: ~/tensorflow_datasets)")
+  p.add_argument("--manual_dir", default=None, help="folder holding the manually downloaded release")
+  p.add_argument("--on_error", choices=("fail", "skip"), default="fail",
+                 help="bad source files: stop (default) or skip and list them in a side file")
+  p.add_argument("--overwrite", action="store_true", help="rebuild even if already built")
+  args = p.parse_args(argv)
+  from radimagenet_jax.data import build
+  build.build(args.dataset, data_dir=args.data_dir, manual_dir=args.manual_dir,
+              on_error=args.on_error, overwrite=args.overwrite)
+
+
+_COMMANDS = {
+    "pretrain": (_pretrain, "Pretrain (or fine-tune) a CNN from a config; resumes from the "
+                 "latest checkpoint in --workdir."),
+    "evaluate": (_evaluate, "Evaluate the latest checkpoint in --workdir on the config's "
+                 "evaluation split (loss, top-1, top-5)."),
+    "gradcam": (_gradcam, "Grad-CAM maps, Dice against lesion masks and statistics between two "
+                "models."),
+    "convert": (_convert, "Convert a Keras .h5 weight file into an Orbax checkpoint."),
+    "inspect": (_inspect, "Describe what a Keras weight file holds and which model it matches."),
+    "build": (_build, "Build a TFDS dataset (TF-free, array_record)."),
+}
+
+
+def main(argv=None):
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if not argv or argv[0] in ("-h", "--help"):
+    print("usage: radimagenet-jax <command> [options]\n\ncommands:")
+    for name, (_, doc) in _COMMANDS.items():
+      print(f"  {name:<10} {doc}")
+    print("\n`radimagenet-jax <command> --help` for a command's options.")
+    return 0
+  if argv[0] not in _COMMANDS:
+    print(f"radimagenet-jax: unknown command {argv[0]!r}; valid commands: "
+          f"{', '.join(_COMMANDS)}", file=sys.stderr)
+    return 2
+  _COMMANDS[argv[0]][0](argv[1:])
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
