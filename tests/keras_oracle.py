@@ -38,6 +38,10 @@ def keras_model(name: str, size: int, pooling="avg", include_top=False, seed=0, 
               rng.normal(0, 0.2, n).astype("float32"),      # moving_mean
               rng.uniform(0.5, 1.5, n).astype("float32")]   # moving_variance
       layer.set_weights(new)
+    elif getattr(layer, "use_bias", False) and type(layer).__name__ == "Conv2D":
+      # Keras initialises biases to zero; random ones make a wrongly mapped bias visible.
+      kernel, bias = layer.get_weights()
+      layer.set_weights([kernel, rng.normal(0, 0.1, bias.shape).astype("float32")])
   return model
 
 

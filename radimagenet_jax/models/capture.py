@@ -9,7 +9,9 @@ def capture(model, variables, x, layers: Sequence[str], train: bool = False, **a
 
   Raises a ValueError listing the valid layer names when one does not exist.
   """
-  out, state = model.apply(variables, x, train=train, mutable=["intermediates"], **apply_kwargs)
+  # In training mode BatchNorm updates its statistics, so that collection must be mutable too.
+  mutable = ["intermediates"] + (["batch_stats"] if train else [])
+  out, state = model.apply(variables, x, train=train, mutable=mutable, **apply_kwargs)
   taps = state["intermediates"]["layers"]
   missing = [l for l in layers if l not in taps]
   if missing:
