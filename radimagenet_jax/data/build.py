@@ -1,0 +1,158 @@
+"""Builds a `tfds_builders/<name>` dataset TF-free, to array_record, atomically and once.
+
+    from radimagenet_jax.data import build
+    builder = build.build("radimagenet_demo/pretrain", data_dir="~/tensorflow_datasets")
+    # same as: radimagenet-jax build radimagenet_demo/pretrain --data_dir=~/tensorflow_datasets
+
+TensorFlow is not installed: TFDS 4.9 writes array_record files without it as long as features are
+given as encoded bytes / PIL images / paths (never numpy images that need TF to encode).
+
+- Cached: a dataset whose version directory exists is reused; `overwrite=True` rebuilds it.
+- Atomic: TFDS writes into `<version>.incomplete.<id>/` and renames it when done (and deletes it on
+  failure); on top of that, directories this call created are removed when the build fails, and an
+  `overwrite=True` rebuild keeps the old dataset aside until the new one is complete.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import shutil
+
+from radimagenet_jax.data import tfds_base
+
+FILE_FORMAT = "array_record"
+
+
+def parse_name(dataset: str, config: str | None = None) -> tuple[str, str | None]:
+  """'name' or 'name/config' (+ optional config argument) -> (name, config)."""
+  name, _, cfg = dataset.partition("/")
+  cfg = cfg or None
+  if cfg and config and cfg != config:
+    raise ValueError(f"dataset={dataset!r} names config {cfg!r} but config={config!r} was given.")
+  return name, cfg or config
+
+
+def builder_class(name: str):
+  """The builder class defined by the `tfds_builders.<name>` package."""
+  import tensorflow_datasets as tfds
+  try:
+    module = importlib.import_module(f"tfds_builders.{name}")
+  except ModuleNotFoundError as e:
+    if e.name not in (f"tfds_builders.{name}", "tfds_builders"):
+      raise
+    raise ValueError(f"Unknown dataset {name!r}: no package tfds_builders/{name}. "
+                     f"Available: {', '.join(available_datasets()) or 'none'}.") from e
+  for obj in vars(module).values():
+    if (inspect.isclass(obj) and issubclass(obj, tfds.core.DatasetBuilder)
+        and getattr(obj, "name", None) == name):
+      return obj
+  raise ValueError(f"tfds_builders/{name} defines no DatasetBuilder named {name!r} (its "
+                   "__init__.py must import the builder class).")
+
+
+def available_datasets() -> list[str]:
+  """Names of the builder packages in tfds_builders/."""
+  import tfds_builders
+  root = os.path.dirname(tfds_builders.__file__)
+  return sorted(d for d in os.listdir(root)
+                if os.path.isfile(os.path.join(root, d, "__init__.py")))
+
+
+def make_builder(dataset: str, data_dir=None, config=None, on_error: str = "fail"):
+  """Instantiates (without building) the builder for 'name[/config]'."""
+  name, config = parse_name(dataset, config)
+  cls = builder_class(name)
+  kwargs = {"data_dir": os.path.expanduser(os.fspath(data_dir)) if data_dir else None}
+  if config is not None:
+    names = [c.name for c in cls.BUILDER_CONFIGS]
+    if config not in names:
+      raise ValueError(f"Unknown config {config!r} for dataset {name!r}; configs: {names}.")
+    kwargs["config"] = config
+  if issubclass(cls, tfds_base.RadBuilder):
+    kwargs["on_error"] = on_error
+  elif on_error != "fail":
+    raise ValueError(f"{name} does not derive from RadBuilder: on_error={on_error!r} unsupported.")
+  return cls(**kwargs)
+
+
+def _new_dirs(path: str) -> list[str]:
+  """`path` and its ancestors that do not exist yet (deepest first)."""
+  out = []
+  while path and not os.path.exists(path):
+    out.append(path)
+    parent = os.path.dirname(path)
+    if parent == path:
+      break
+    path = parent
+  return out
+
+
+def build(dataset: str, data_dir=None, manual_dir=None, on_error: str = "fail",
+          overwrite: bool = False, config=None, progress: bool = True):
+  """Builds `dataset` ('name' or 'name/config') once; returns the prepared TFDS builder.
+
+  Args:
+    dataset: a package name under tfds_builders/, optionally with '/config'.
+    data_dir: TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).
+    manual_dir: folder with the manually downloaded release (builders that need one).
+    on_error: 'fail' (stop at the first bad source file) or 'skip' (skip it and list it in
+      `<dataset dir>/skipped_files.tsv`).
+    overwrite: rebuild even if the dataset exists (the old copy is kept until the new one is done).
+    config: the builder config name, alternative to 'name/config'.
+    progress: show TFDS's progress bars.
+  """
+  import tensorflow_datasets as tfds
+  builder = make_builder(dataset, data_dir=data_dir, config=config, on_error=on_error)
+  data_path = os.fspath(builder.data_path)
+  if os.path.exists(data_path) and not overwrite:  # Cached: nothing to do.
+    if progress:
+      print(f"{dataset} is already built in {data_path} (overwrite=True / --overwrite rebuilds).")
+    return builder
+
+  if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
+    if not manual_dir:
+      raise ValueError(f"{builder.name} needs the manually downloaded release: pass --manual_dir "
+                       f"(manual_dir=...).\n{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+    manual_dir = os.path.expanduser(os.fspath(manual_dir))
+    if not os.path.isdir(manual_dir) or not os.listdir(manual_dir):
+      raise FileNotFoundError(f"manual_dir {manual_dir} does not exist or is empty; expected the "
+                              f"{builder.name} release in it.\n"
+                              f"{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+
+  created = _new_dirs(os.path.dirname(data_path))  # e.g. <data_dir>/<name>/<config>
+  # TFDS makes <data_dir>/downloads/extracted even when nothing is downloaded: drop it if empty.
+  downloads = os.path.join(os.fspath(builder.data_dir_root), "downloads")
+  downloads_new = not os.path.exists(downloads)
+  backup = None
+  if os.path.exists(data_path):  # overwrite=True: keep the old copy until the new one is done.
+    backup = data_path + ".previous"
+    shutil.rmtree(backup, ignore_errors=True)
+    os.rename(data_path, backup)
+    # A builder made over a built directory has its info frozen from disk: make a fresh one.
+    builder = make_builder(dataset, data_dir=data_dir, config=config, on_error=on_error)
+  download_config = tfds.download.DownloadConfig(
+      manual_dir=manual_dir, download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
+  try:
+    tfds.display_progress_bar(progress)
+    builder.download_and_prepare(file_format=FILE_FORMAT, download_config=download_config)
+  except BaseException:
+    _drop_empty_tree(downloads, downloads_new)
+    if os.path.exists(data_path):  # Not reachable with TFDS's rename-at-end, but be sure.
+      shutil.rmtree(data_path, ignore_errors=True)
+    if backup:
+      os.rename(backup, data_path)
+    for d in reversed(created):  # Directories this call created hold nothing built: drop them.
+      shutil.rmtree(d, ignore_errors=True)
+    raise
+  if backup:
+    shutil.rmtree(backup, ignore_errors=True)
+  _drop_empty_tree(downloads, downloads_new)
+  return builder
+
+
+def _drop_empty_tree(path: str, created_here: bool) -> None:
+  """Removes `path` if this call created it and it holds only empty folders."""
+  if created_here and os.path.isdir(path) and not any(
+      files for _, _, files in os.walk(path)):
+    shutil.rmtree(path, ignore_errors=True)
