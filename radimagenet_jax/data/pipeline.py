@@ -1,0 +1,265 @@
+"""grain input pipelines: TFDS array_record source -> decode, resize, augment, preprocess, batch.
+
+    from radimagenet_jax.data import pipeline
+    source = pipeline.open_source("radimagenet_demo/pretrain", "train", data_dir)
+    loader = pipeline.make_loader(source, batch_size=32, image_size=224, augment="paper")
+    iterator = iter(loader)
+    batch = next(iterator)          # {'image': float32 (32, 224, 224, 3), 'label': int32 (32,)}
+    state = iterator.get_state()    # bytes; iterator.set_state(state) resumes exactly
+
+The per-record work follows the official Keras feeding (FIDELITY.md "Input preprocessing"): decode,
+nearest-neighbour resize (`PIL.Image.NEAREST`, as `keras.utils.load_img` does; 'bilinear' optional),
+ImageDataGenerator augmentation on 0..255 float pixels (augment.py), then the preprocessing mode
+(preprocess.py). Grayscale images stay one channel through resize and augmentation (3x less work) and
+are replicated to three channels by the preprocessing, which is the same result as Keras' RGB loading.
+
+Determinism: grain hands every record a numpy Generator seeded from (seed, global record position),
+so augmentations do not depend on worker_count, and the iterator state (`get_state`/`set_state`, or
+the Orbax helpers below) restores the exact next batches.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+from typing import Any, Sequence
+
+import grain
+import numpy as np
+import PIL.Image
+
+from radimagenet_jax.data import augment as augment_lib
+# `radimagenet_jax.data.preprocess` is the re-exported function, so import the names from the module.
+from radimagenet_jax.data.preprocess import MODES as PREPROCESS_MODES
+from radimagenet_jax.data.preprocess import preprocess
+
+RESIZE_METHODS = {"nearest": PIL.Image.NEAREST, "bilinear": PIL.Image.BILINEAR}
+
+
+def _default_data_dir() -> str:
+  return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
+
+
+def open_source(dataset: str, split: str, data_dir: str | os.PathLike | None = None, *,
+                decode: bool = True):
+  """Opens a built TFDS dataset as a random-access source (`tfds.data_source`); builds nothing.
+
+  Args:
+    dataset: 'name' or 'name/config', e.g. 'radimagenet_demo/pretrain'.
+    split: a TFDS split expression, e.g. 'train', 'validation', 'train[:10%]'.
+    data_dir: TFDS data dir; default $TFDS_DATA_DIR or ~/tensorflow_datasets.
+    decode: True decodes images to uint8 numpy arrays in the source (TFDS uses PIL, no TensorFlow);
+      False leaves them as encoded PNG/JPEG bytes, which make_loader decodes.
+
+  Returns:
+    A sequence of records: dicts of numpy arrays (images HxWxC uint8), Python ints (ClassLabel) and
+    bytes (Text).
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  data_dir = os.path.expanduser(os.fspath(data_dir)) if data_dir else _default_data_dir()
+  hint = (f"Build it first: radimagenet-jax build {dataset} --data_dir={data_dir}")
+  try:
+    builder = tfds.builder(dataset, data_dir=data_dir)
+  except Exception as e:  # DatasetNotFoundError, or a config/version that is not there
+    raise FileNotFoundError(f"dataset {dataset!r} is not built in data_dir {data_dir!r} "
+                            f"({type(e).__name__}: {str(e).splitlines()[0]}). {hint}") from e
+  if not builder.is_prepared():
+    raise FileNotFoundError(f"dataset {dataset!r} is not built in data_dir {data_dir!r} (no "
+                            f"{builder.data_dir}/dataset_info.json). {hint}")
+  file_format = str(builder.info.file_format.value if builder.info.file_format else None)
+  if file_format not in ("array_record", "parquet"):
+    raise ValueError(f"dataset {dataset!r} in {builder.data_dir} is stored as {file_format}, which "
+                     "has no random access; rebuild it with `radimagenet-jax build` (array_record).")
+  decoders = None
+  if not decode:
+    decoders = {name: tfds.decode.SkipDecoding() for name, feature in builder.info.features.items()
+                if isinstance(feature, tfds.features.Image)}
+  try:
+    return builder.as_data_source(split=split, decoders=decoders)
+  except (ValueError, KeyError) as e:
+    raise ValueError(f"dataset {dataset!r} in {builder.data_dir}: bad split {split!r}; splits: "
+                     f"{list(builder.info.splits)} ({e})") from e
+
+
+def decode_image(value) -> np.ndarray:
+  """Encoded bytes (PNG/JPEG/...) or an array -> uint8 array (H, W) or (H, W, 3)."""
+  if isinstance(value, (bytes, bytearray, memoryview)):
+    with PIL.Image.open(io.BytesIO(value)) as img:
+      if img.mode in ("I;16", "I;16B", "I"):
+        raise ValueError(f"16/32-bit image (mode {img.mode}); the pipeline expects 8-bit images")
+      if img.mode not in ("L", "RGB"):
+        img = img.convert("L" if img.mode in ("1", "LA") else "RGB")
+      return np.asarray(img)
+  array = np.asarray(value)
+  if array.ndim == 3 and array.shape[-1] == 1:
+    array = array[..., 0]
+  if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] != 3):
+    raise ValueError(f"expected an image (H, W), (H, W, 1) or (H, W, 3), got shape {array.shape}")
+  return array
+
+
+def resize(image: np.ndarray, size: tuple[int, int], method: str = "nearest") -> np.ndarray:
+  """Resizes a uint8 (H, W[, C]) array to size=(height, width) with PIL, as keras load_img does."""
+  if image.shape[:2] == tuple(size):
+    return image
+  squeeze = image.ndim == 3 and image.shape[-1] == 1
+  pil = PIL.Image.fromarray(image[..., 0] if squeeze else image)
+  out = np.asarray(pil.resize((size[1], size[0]), resample=RESIZE_METHODS[method]))
+  return out[..., None] if squeeze else out
+
+
+def _ensure_absl_flags_parsed():
+  """grain's worker processes read absl flags; outside an absl app nobody parsed them (defaults)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+def _as_size(image_size) -> tuple[int, int]:
+  if isinstance(image_size, int):
+    return (image_size, image_size)
+  height, width = image_size
+  return (int(height), int(width))
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeResize(grain.transforms.Map):
+  """Decodes 'image' (and masks) and resizes them; masks always with nearest neighbour."""
+  image_size: tuple[int, int]
+  method: str = "nearest"
+  mask_keys: tuple[str, ...] = ()
+
+  def map(self, record):
+    out = dict(record)
+    out["image"] = resize(decode_image(record["image"]), self.image_size, self.method)
+    for key in self.mask_keys:
+      out[key] = resize(decode_image(record[key]), self.image_size, "nearest")
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Augment(grain.transforms.RandomMap):
+  """The ImageDataGenerator random affine (augment.py); the mask gets the same transform."""
+  config: augment_lib.AugmentConfig
+  mask_keys: tuple[str, ...] = ()
+
+  def random_map(self, record, rng: np.random.Generator):
+    out = dict(record)
+    if not self.mask_keys:
+      out["image"] = augment_lib.random_transform(record["image"], self.config, rng)
+      return out
+    params = augment_lib.random_params(self.config, record["image"].shape, rng)
+    cfg = self.config
+    out["image"] = augment_lib.apply_transform(record["image"], params,
+                                               order=cfg.interpolation_order,
+                                               fill_mode=cfg.fill_mode, cval=cfg.cval)
+    for key in self.mask_keys:
+      out[key] = augment_lib.apply_transform(record[key], params, order=0,
+                                             fill_mode=cfg.fill_mode, dtype=record[key].dtype)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Finalize(grain.transforms.Map):
+  """Preprocessing mode, int32 label, masks as (H, W, 1) uint8, only the requested keys kept."""
+  mode: str
+  extra_keys: tuple[str, ...] = ()
+  mask_keys: tuple[str, ...] = ()
+
+  def map(self, record):
+    out = {"image": preprocess(record["image"], self.mode),
+           "label": np.int32(record["label"])}
+    for key in self.extra_keys:
+      value = record[key]
+      if key in self.mask_keys:
+        value = np.ascontiguousarray(value).reshape(value.shape[:2] + (1,))
+      out[key] = value
+    return out
+
+
+def make_loader(source: Sequence[Any], *, batch_size: int, image_size: int | tuple[int, int],
+                preprocess_mode: str = "radimagenet",
+                augment: str | augment_lib.AugmentConfig | dict = "none", shuffle: bool = True,
+                seed: int = 0, num_epochs: int | None = None, worker_count: int = 0,
+                drop_remainder: bool = True, resize: str = "nearest",
+                shard_by_process: bool = True, extra_keys: Sequence[str] = (),
+                worker_buffer_size: int = 2,
+                read_options: grain.ReadOptions | None = None) -> grain.DataLoader:
+  """A grain DataLoader yielding preprocessed batches.
+
+  Args:
+    source: a random-access source (open_source, or any sequence of records with 'image' (uint8
+      array or encoded bytes) and 'label').
+    batch_size: examples per batch on THIS process (global batch = batch_size * process count).
+    image_size: output size, int or (height, width).
+    preprocess_mode: a mode of preprocess.MODES.
+    augment: an augmentation preset ('none', 'paper', 'paper_noflip'), AugmentConfig or a dict of
+      ImageDataGenerator arguments.
+    shuffle, seed: global shuffle with this seed (also seeds the augmentation).
+    num_epochs: None repeats forever.
+    worker_count: grain worker processes (0 = in this process).
+    drop_remainder: drop the last incomplete batch (and the per-process shard remainder).
+    resize: 'nearest' (the original Keras loading) or 'bilinear'.
+    shard_by_process: each JAX process reads a disjoint shard of the source.
+    extra_keys: other record keys to pass through, e.g. ('mask',); keys named 'mask' or ending in
+      '_mask' are images: decoded, resized (nearest) and augmented with the image.
+    worker_buffer_size: batches each worker prepares ahead.
+    read_options: grain ReadOptions (reader threads and prefetch) for the source reads.
+
+  Returns:
+    A grain.DataLoader; `iter(loader)` has get_state()/set_state(). Batches are dicts:
+    'image' float32 (B, H, W, 3), 'label' int32 (B,), and each extra key stacked.
+  """
+  if preprocess_mode not in PREPROCESS_MODES:
+    raise ValueError(f"unknown preprocessing mode {preprocess_mode!r}; expected one of "
+                     f"{list(PREPROCESS_MODES)}")
+  if resize not in RESIZE_METHODS:
+    raise ValueError(f"unknown resize method {resize!r}; expected one of {list(RESIZE_METHODS)}")
+  if batch_size <= 0:
+    raise ValueError(f"batch_size must be positive, got {batch_size}")
+  config = augment_lib.get_config(augment)
+  if worker_count:
+    _ensure_absl_flags_parsed()
+  extra_keys = tuple(extra_keys)
+  mask_keys = tuple(k for k in extra_keys if k == "mask" or k.endswith("_mask"))
+  size = _as_size(image_size)
+  shard_options = (grain.sharding.ShardByJaxProcess(drop_remainder=drop_remainder)
+                   if shard_by_process else grain.sharding.NoSharding())
+  sampler = grain.samplers.IndexSampler(num_records=len(source), shard_options=shard_options,
+                                        shuffle=shuffle, num_epochs=num_epochs, seed=seed)
+  operations = [DecodeResize(size, resize, mask_keys)]
+  if not config.is_identity:
+    operations.append(Augment(config, mask_keys))
+  operations += [Finalize(preprocess_mode, extra_keys, mask_keys),
+                 grain.transforms.Batch(batch_size=batch_size, drop_remainder=drop_remainder)]
+  return grain.DataLoader(data_source=source, sampler=sampler, operations=operations,
+                          worker_count=worker_count, worker_buffer_size=worker_buffer_size,
+                          shard_options=shard_options, read_options=read_options)
+
+
+# ---- Orbax integration: the iterator state inside the training checkpoint -------------------------
+# The iterator state goes into the same Orbax checkpoint as the train state (tested in
+# tests/test_pipeline.py):
+#   manager = ocp.CheckpointManager(directory, item_handlers={
+#       "state": ocp.StandardCheckpointHandler(), "data": pipeline.checkpoint_handler()})
+#   manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+#                                              data=pipeline.save_args(iterator)))
+#   restored = manager.restore(step, args=ocp.args.Composite(
+#       state=ocp.args.StandardRestore(abstract_state),
+#       data=pipeline.restore_args(iter(loader))))   # restored["data"] is the resumed iterator
+# Each JAX process writes and reads its own `process_<i>-of-<n>.json` state file.
+
+
+def checkpoint_handler():
+  """The Orbax CheckpointHandler for grain iterators (grain.checkpoint.CheckpointHandler)."""
+  return grain.checkpoint.CheckpointHandler()
+
+
+def save_args(iterator):
+  """Orbax save args for a grain DataLoader iterator (grain.checkpoint.CheckpointSave)."""
+  return grain.checkpoint.CheckpointSave(iterator)
+
+
+def restore_args(iterator):
+  """Orbax restore args: restores INTO `iterator` (a fresh iter(loader)) and returns it."""
+  return grain.checkpoint.CheckpointRestore(iterator)
