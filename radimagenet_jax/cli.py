@@ -15,8 +15,10 @@ def _config_command(argv, command):
   from absl import flags
   from ml_collections import config_flags
   fv = flags.FlagValues()
+  # sys_argv: ml_collections finds the --config.KEY=VALUE overrides there (default: sys.argv).
   config_flags.DEFINE_config_file("config", None, "Config file (configs/<name>.py[:arg]).",
-                                  flag_values=fv, lock_config=True)
+                                  flag_values=fv, lock_config=True,
+                                  sys_argv=[f"radimagenet-jax {command}"] + list(argv))
   flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the config used.",
                       flag_values=fv)
   if any(a in ("-h", "--help", "--helpfull") for a in argv):
@@ -28,12 +30,34 @@ def _config_command(argv, command):
     raise SystemExit(0)
   try:
     fv([f"radimagenet-jax {command}"] + list(argv))
-  except flags.Error as e:
-    raise SystemExit(f"radimagenet-jax {command}: {e}")
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    # AttributeError/KeyError: an unknown --config.KEY override (the config is locked).
+    message = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
+    if isinstance(e, (AttributeError, KeyError)):
+      # ml_collections nests a KeyError repr in the message: unescape it for the console.
+      message = message.replace("\\n", ". ").replace("\\'", "").strip("'")
+      message = f"unknown config key {' '.join(message.split())}"
+    raise SystemExit(f"radimagenet-jax {command}: {message}{_valid_config_keys(e, argv)}")
   if fv.config is None or fv.workdir is None:
     raise SystemExit(f"radimagenet-jax {command}: --config and --workdir are required "
                      f"(see radimagenet-jax {command} --help).")
   return fv.config, fv.workdir
+
+
+def _valid_config_keys(error, argv):
+  """For an unknown --config.KEY override: '; valid config keys: ...' (else '')."""
+  if not (isinstance(error, (AttributeError, KeyError))
+          or "Unknown command line flag 'config." in str(error)):
+    return ""
+  from absl import flags
+  from ml_collections import config_flags
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=fv, sys_argv=["x"])
+  try:
+    fv(["radimagenet-jax"] + [a for a in argv if a.startswith("--config=")])
+    return f"; valid config keys: {', '.join(sorted(fv.config.keys()))}"
+  except Exception:  # the config file itself is broken: the original error is the useful one
+    return ""
 
 
 def _pretrain(argv):
@@ -101,6 +125,11 @@ _COMMANDS = {
 }
 
 
+# ValueError covers unknown names/modes, CheckpointMismatchError and file-format errors;
+# FloatingPointError is the NaN/Inf-loss stop; RuntimeError covers SourceFileError in builds.
+_USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, RuntimeError)
+
+
 def main(argv=None):
   argv = sys.argv[1:] if argv is None else list(argv)
   if not argv or argv[0] in ("-h", "--help"):
@@ -113,7 +142,13 @@ def main(argv=None):
     print(f"radimagenet-jax: unknown command {argv[0]!r}; valid commands: "
           f"{', '.join(_COMMANDS)}", file=sys.stderr)
     return 2
-  _COMMANDS[argv[0]][0](argv[1:])
+  try:
+    _COMMANDS[argv[0]][0](argv[1:])
+  except _USER_ERRORS as e:
+    # Bad input (unknown model, mismatched workdir, corrupt file, NaN loss, ...): the message
+    # already names the file / value and what was expected; a traceback would only bury it.
+    print(f"radimagenet-jax {argv[0]}: error: {e}", file=sys.stderr)
+    return 1
   return 0
 
 

@@ -6,6 +6,7 @@ initialises variables and optionally loads weights (a Keras .h5 file or an Orbax
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Callable, Sequence
 
@@ -66,13 +67,20 @@ def keras_layers(name: str) -> list[KerasLayer]:
   return list(get_spec(name).keras_layers())
 
 
+@functools.lru_cache(maxsize=32)
+def _jitted_init(model, size: int):
+  # One compiled init per (module config, input size): repeated create() calls (tests, sweeps over
+  # freeze modes, Grad-CAM on two models) do not recompile.
+  x = jnp.zeros((1, size, size, 3), jnp.float32)
+  return jax.jit(lambda r: model.init({"params": r, "dropout": r}, x, train=False))
+
+
 def init_variables(model, rng=None, input_size: int | None = None):
-  """Random init (params + batch_stats) with a tiny batch, without compiling the model twice."""
+  """Random init (params + batch_stats) with a tiny batch."""
   spec = get_spec(model.spec_name)
   size = input_size or spec.min_size
   rng = jax.random.key(0) if rng is None else rng
-  x = jnp.zeros((1, size, size, 3), jnp.float32)
-  variables = jax.jit(lambda r: model.init({"params": r, "dropout": r}, x, train=False))(rng)
+  variables = _jitted_init(model, size)(rng)
   return {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
 
 

@@ -1,0 +1,167 @@
+"""Orbax checkpoints: the training state, the grain iterator state and what model they belong to.
+
+One layout serves training workdirs and `radimagenet-jax convert` outputs, so that every consumer
+(`models.create(weights=DIR)`, fine-tuning, evaluation, Grad-CAM) reads weights the same way:
+
+    <root>/checkpoints/<step>/variables/   {'params', 'batch_stats'}    (Orbax PyTree)
+                             /train/       {'opt_state', 'step', 'rng'} (training only)
+                             /data_iter/   grain iterator state, one JSON file per process
+                             /metadata/    {'model_name', 'num_classes', 'image_size', ...} (JSON)
+
+``<root>`` is a training workdir or a convert output directory; ``load_variables`` also accepts the
+``checkpoints`` folder itself or a single ``<step>`` folder.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import jax
+import orbax.checkpoint as ocp
+
+CHECKPOINT_SUBDIR = "checkpoints"
+VARIABLES, TRAIN, DATA_ITER, METADATA = "variables", "train", "data_iter", "metadata"
+# Fields that must match between a workdir's checkpoint and the config that wants to resume it.
+IDENTITY_KEYS = ("model_name", "num_classes", "image_size")
+
+
+class CheckpointMismatchError(ValueError):
+  """A checkpoint belongs to another model or input shape than the one requested."""
+
+
+def _grain_handler():
+  import grain.checkpoint
+  return grain.checkpoint.CheckpointHandler()
+
+
+def manager(workdir: str | os.PathLike, *, keep: int | None = None,
+            read_only: bool = False) -> ocp.CheckpointManager:
+  """The CheckpointManager of ``<workdir>/checkpoints``; keeps the ``keep`` most recent steps."""
+  directory = os.path.join(os.path.abspath(os.fspath(workdir)), CHECKPOINT_SUBDIR)
+  # Readers open with create=False (nothing is written); not read_only=True, which only warns.
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only)
+  handlers = {VARIABLES: ocp.StandardCheckpointHandler(), TRAIN: ocp.StandardCheckpointHandler(),
+              METADATA: ocp.JsonCheckpointHandler(), DATA_ITER: _grain_handler()}
+  return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+
+
+def _resolve(directory: str | os.PathLike) -> tuple[str, int | None]:
+  """Maps a workdir / checkpoints folder / step folder to (checkpoints folder, step or None)."""
+  path = os.path.abspath(os.fspath(directory))
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"{path}: no such checkpoint directory; expected a training workdir "
+                            f"or a `radimagenet-jax convert` output.")
+  if os.path.isdir(os.path.join(path, CHECKPOINT_SUBDIR)):
+    return os.path.join(path, CHECKPOINT_SUBDIR), None
+  if os.path.isdir(os.path.join(path, METADATA)) and os.path.basename(path).isdigit():
+    return os.path.dirname(path), int(os.path.basename(path))
+  if any(d.isdigit() for d in os.listdir(path)):
+    return path, None
+  raise FileNotFoundError(f"{path}: holds no Orbax checkpoint (no '{CHECKPOINT_SUBDIR}/<step>' "
+                          f"folder); expected a training workdir or a `radimagenet-jax convert` "
+                          f"output.")
+
+
+def _read_only_manager(checkpoints_dir: str) -> ocp.CheckpointManager:
+  return manager(os.path.dirname(checkpoints_dir), read_only=True)
+
+
+def latest_step(workdir: str | os.PathLike) -> int | None:
+  """The newest complete step in ``<workdir>/checkpoints``, or None when there is none."""
+  if not os.path.isdir(os.path.join(os.fspath(workdir), CHECKPOINT_SUBDIR)):
+    return None
+  with _read_only_manager(os.path.join(os.fspath(workdir), CHECKPOINT_SUBDIR)) as mngr:
+    return mngr.latest_step()
+
+
+def read_metadata(directory: str | os.PathLike, step: int | None = None) -> dict[str, Any]:
+  """The metadata JSON of the latest (or given) checkpoint under ``directory``."""
+  ckpt_dir, pinned = _resolve(directory)
+  with _read_only_manager(ckpt_dir) as mngr:
+    step = step if step is not None else pinned if pinned is not None else mngr.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"{ckpt_dir}: no complete checkpoint step found.")
+    return dict(mngr.restore(step, args=ocp.args.Composite(
+        **{METADATA: ocp.args.JsonRestore()}))[METADATA])
+
+
+def check_identity(metadata: Mapping[str, Any], expected: Mapping[str, Any], where: str):
+  """Raises CheckpointMismatchError naming both sides when model name or shape differ."""
+  diffs = [f"{k}: checkpoint has {metadata.get(k)!r}, requested {expected[k]!r}"
+           for k in IDENTITY_KEYS
+           if k in expected and k in metadata and expected[k] is not None
+           and metadata[k] != expected[k]]
+  if diffs:
+    describe = lambda m: ", ".join(f"{k}={m[k]!r}" for k in IDENTITY_KEYS if m.get(k) is not None)
+    raise CheckpointMismatchError(
+        f"{where} holds a checkpoint of {describe(metadata)} but {describe(expected)} was "
+        f"requested ({'; '.join(diffs)}). Nothing was overwritten; use another --workdir or "
+        f"the matching config.")
+
+
+def save(mngr: ocp.CheckpointManager, step: int, *, variables, train_state, data_iter,
+         metadata: Mapping[str, Any], force: bool = False) -> bool:
+  """Saves one training checkpoint (state + iterator + metadata) at ``step``."""
+  items = {VARIABLES: ocp.args.StandardSave(variables), TRAIN: ocp.args.StandardSave(train_state),
+           METADATA: ocp.args.JsonSave(dict(metadata))}
+  if data_iter is not None:
+    import grain.checkpoint
+    items[DATA_ITER] = grain.checkpoint.CheckpointSave(data_iter)
+  return mngr.save(step, args=ocp.args.Composite(**items), force=force)
+
+
+def restore(mngr: ocp.CheckpointManager, step: int, *, variables, train_state, data_iter):
+  """Restores into the structure/shardings of the given (abstract or concrete) state.
+
+  Returns (variables, train_state); ``data_iter`` is restored in place.
+  """
+  abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+  items = {VARIABLES: ocp.args.StandardRestore(abstract(variables)),
+           TRAIN: ocp.args.StandardRestore(abstract(train_state))}
+  if data_iter is not None:
+    import grain.checkpoint
+    items[DATA_ITER] = grain.checkpoint.CheckpointRestore(data_iter)
+  out = mngr.restore(step, args=ocp.args.Composite(**items))
+  return out[VARIABLES], out[TRAIN]
+
+
+def save_variables(directory: str | os.PathLike, variables, *, model_name: str, num_classes: int,
+                   extra_metadata: Mapping[str, Any] | None = None) -> str:
+  """Writes model variables as an Orbax checkpoint that ``load_variables`` (and
+  ``models.create(weights=directory)``) reads. Returns the step folder written (step 0)."""
+  directory = os.path.abspath(os.fspath(directory))
+  variables = {k: variables[k] for k in ("params", "batch_stats") if k in variables}
+  metadata = {"model_name": model_name, "num_classes": int(num_classes), "step": 0,
+              **dict(extra_metadata or {})}
+  with manager(directory) as mngr:
+    if mngr.latest_step() is not None:
+      check_identity(read_metadata(directory), metadata, directory)
+    mngr.save(0, args=ocp.args.Composite(**{VARIABLES: ocp.args.StandardSave(variables),
+                                            METADATA: ocp.args.JsonSave(metadata)}), force=True)
+    mngr.wait_until_finished()
+  return os.path.join(directory, CHECKPOINT_SUBDIR, "0")
+
+
+def load_variables(directory: str | os.PathLike, model_name: str | None = None,
+                   step: int | None = None) -> dict[str, Any]:
+  """Reads {'params', 'batch_stats'} (numpy arrays) from a convert output or a training workdir
+  (its latest step unless ``step`` is given). Raises CheckpointMismatchError if the checkpoint
+  was written for another model than ``model_name``."""
+  ckpt_dir, pinned = _resolve(directory)
+  with _read_only_manager(ckpt_dir) as mngr:
+    step = step if step is not None else pinned if pinned is not None else mngr.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"{ckpt_dir}: no complete checkpoint step found.")
+    meta = dict(mngr.restore(step, args=ocp.args.Composite(
+        **{METADATA: ocp.args.JsonRestore()}))[METADATA])
+    if model_name is not None:
+      from radimagenet_jax.models import registry
+      try:
+        wanted = registry.get_spec(model_name).name
+      except Exception:  # registry unavailable or alias unknown: compare the given name
+        wanted = model_name
+      check_identity(meta, {"model_name": wanted}, os.fspath(directory))
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        **{VARIABLES: ocp.args.StandardRestore()}))[VARIABLES]
+  return {k: jax.tree.map(lambda a: jax.device_get(a), restored[k])
+          for k in ("params", "batch_stats") if k in restored}

@@ -1,0 +1,47 @@
+"""The learning-rate schedule and the optimizer named by the config."""
+from __future__ import annotations
+
+import jax
+import optax
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("cosine", "constant")
+
+
+def create_learning_rate_fn(config, num_train_steps: int, warmup_steps: int):
+  """Linear warmup from 0 to ``config.learning_rate`` over ``warmup_steps``, then cosine decay to
+  0 at ``num_train_steps`` (or constant)."""
+  if config.schedule not in SCHEDULES:
+    raise ValueError(f"config.schedule={config.schedule!r}; valid choices: {', '.join(SCHEDULES)}.")
+  warmup_steps = min(warmup_steps, max(num_train_steps - 1, 0))
+  warmup = optax.linear_schedule(0.0, config.learning_rate, max(warmup_steps, 1))
+  if config.schedule == "cosine":
+    after = optax.cosine_decay_schedule(config.learning_rate,
+                                        max(num_train_steps - warmup_steps, 1))
+  else:
+    after = optax.constant_schedule(config.learning_rate)
+  if warmup_steps == 0:
+    return after
+  return optax.join_schedules([warmup, after], [warmup_steps])
+
+
+def _decay_mask(params):
+  # Weight decay on kernels only (ndim > 1): not on biases and BatchNorm scale/offset.
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def create_optimizer(config, learning_rate_fn) -> optax.GradientTransformation:
+  """SGD+momentum, Adam or AdamW. For sgd/adam, weight_decay is L2 added to the gradient (Keras
+  kernel_regularizer-like); for adamw it is decoupled."""
+  name, wd = config.optimizer, config.weight_decay
+  if name == "sgd":
+    tx = optax.sgd(learning_rate_fn, momentum=config.momentum or None, nesterov=False)
+  elif name == "adam":
+    tx = optax.adam(learning_rate_fn, b1=config.momentum)
+  elif name == "adamw":
+    return optax.adamw(learning_rate_fn, b1=config.momentum, weight_decay=wd, mask=_decay_mask)
+  else:
+    raise ValueError(f"config.optimizer={name!r}; valid choices: {', '.join(OPTIMIZERS)}.")
+  if wd:
+    tx = optax.chain(optax.add_decayed_weights(wd, mask=_decay_mask), tx)
+  return tx

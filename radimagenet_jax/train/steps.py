@@ -1,0 +1,115 @@
+"""The jitted train and eval steps over the ('data',) mesh.
+
+Parameters and optimizer state are replicated (``P()``), the batch is split over 'data' (``P('data')``).
+jit/GSPMD inserts the cross-device reductions, so the loss mean and the BatchNorm batch statistics
+are over the GLOBAL batch on any number of devices and processes (synchronised BatchNorm).
+Metrics are summed into device-resident accumulators; the host fetches them every N steps.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from radimagenet_jax import distributed
+from radimagenet_jax.train.state import TrainState
+
+NO_BAD_STEP = jnp.iinfo(jnp.int32).max   # first_bad_step when every loss so far was finite
+
+
+def cross_entropy(logits, labels):
+  return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+
+
+def _correct(logits, labels, k):
+  """1 where the label is among the top-k logits (k capped at the class count)."""
+  k = min(k, logits.shape[-1])
+  topk = jax.lax.top_k(logits, k)[1]
+  return jnp.any(topk == labels[:, None], axis=-1)
+
+
+def init_train_metrics():
+  return {"loss_sum": jnp.zeros((), jnp.float32), "correct1": jnp.zeros((), jnp.int32),
+          "correct5": jnp.zeros((), jnp.int32), "count": jnp.zeros((), jnp.int32),
+          "steps": jnp.zeros((), jnp.int32),
+          "first_bad_step": jnp.asarray(NO_BAD_STEP, jnp.int32)}
+
+
+def init_eval_metrics(num_classes: int):
+  return {"loss_sum": jnp.zeros((), jnp.float32), "correct1": jnp.zeros((), jnp.int32),
+          "correct5": jnp.zeros((), jnp.int32), "count": jnp.zeros((), jnp.int32),
+          "confusion": jnp.zeros((num_classes, num_classes), jnp.int32)}
+
+
+def train_step(state: TrainState, metrics, batch, *, model, tx):
+  """One SGD update on a global batch; returns (new state, updated metric sums)."""
+  # A fresh dropout key per step that depends only on (seed, step): resumed runs draw the same.
+  dropout_rng = jax.random.fold_in(state.rng, state.step)
+
+  def loss_fn(params):
+    logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats},
+                                  batch["image"], train=True, mutable=["batch_stats"],
+                                  rngs={"dropout": dropout_rng})
+    loss = cross_entropy(logits, batch["label"]).mean()
+    return loss, (logits, updates.get("batch_stats", state.batch_stats))
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                            batch_stats=batch_stats, opt_state=opt_state)
+  labels, n = batch["label"], batch["label"].shape[0]
+  bad = jnp.where(jnp.isfinite(loss), NO_BAD_STEP, state.step + 1)   # 1-based step number
+  metrics = {"loss_sum": metrics["loss_sum"] + loss * n,
+             "correct1": metrics["correct1"] + _correct(logits, labels, 1).sum(),
+             "correct5": metrics["correct5"] + _correct(logits, labels, 5).sum(),
+             "count": metrics["count"] + n, "steps": metrics["steps"] + 1,
+             "first_bad_step": jnp.minimum(metrics["first_bad_step"], bad)}
+  return new_state, metrics
+
+
+def eval_step(variables, metrics, batch, *, model):
+  """Adds one (padded) eval batch to the metric sums; ``batch['mask']`` is 0 for padding."""
+  logits = model.apply(variables, batch["image"], train=False)
+  labels, mask = batch["label"], batch["mask"]
+  num_classes = metrics["confusion"].shape[0]
+  preds = jnp.argmax(logits, -1)
+  confusion = (jax.nn.one_hot(labels, num_classes, dtype=jnp.int32) * mask[:, None]).T @ \
+      jax.nn.one_hot(preds, num_classes, dtype=jnp.int32)
+  return {"loss_sum": metrics["loss_sum"] + (cross_entropy(logits, labels) * mask).sum(),
+          "correct1": metrics["correct1"] + (_correct(logits, labels, 1) * mask).sum(),
+          "correct5": metrics["correct5"] + (_correct(logits, labels, 5) * mask).sum(),
+          "count": metrics["count"] + mask.sum(),
+          "confusion": metrics["confusion"] + confusion}
+
+
+def compile_train_step(model, tx, mesh):
+  """jit of train_step with explicit shardings; state and metrics are donated."""
+  rep, data = distributed.replicated(mesh), distributed.data_sharded(mesh)
+  fn = functools.partial(train_step, model=model, tx=tx)
+  return jax.jit(fn, in_shardings=(rep, rep, data), out_shardings=(rep, rep),
+                 donate_argnums=(0, 1))
+
+
+@functools.lru_cache(maxsize=8)
+def compile_eval_step(model, mesh):
+  # Cached per (model, mesh): `evaluate` after `train_and_evaluate` in one process (tests,
+  # notebooks) reuses the compiled step. Linen modules and meshes hash by value.
+  rep, data = distributed.replicated(mesh), distributed.data_sharded(mesh)
+  return jax.jit(functools.partial(eval_step, model=model), in_shardings=(rep, rep, data),
+                 out_shardings=rep, donate_argnums=(1,))
+
+
+def summarize(metrics) -> dict:
+  """Fetched metric sums -> means (host floats)."""
+  m = jax.device_get(metrics)
+  count = max(int(m["count"]), 1)
+  out = {"loss": float(m["loss_sum"]) / count, "top1": int(m["correct1"]) / count,
+         "top5": int(m["correct5"]) / count, "count": int(m["count"])}
+  if "first_bad_step" in m:
+    out["first_bad_step"] = None if int(m["first_bad_step"]) == NO_BAD_STEP else int(
+        m["first_bad_step"])
+  if "confusion" in m:
+    out["confusion"] = m["confusion"]
+  return out
