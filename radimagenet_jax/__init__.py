@@ -11,7 +11,7 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = ("models", "keras_io", "data", "train", "gradcam", "stats", "distributed",
-               "finetune", "evaluate")
+               "segmentation_metrics", "plots")
 
 
 def __getattr__(name):

@@ -1,0 +1,398 @@
+"""Grad-CAM maps (closed forms), Dice / IoU by hand, pictures, and the `gradcam` command end to end."""
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import radimagenet_jax as rij
+from radimagenet_jax import gradcam as gc
+from radimagenet_jax import segmentation_metrics as sm
+from radimagenet_jax.models.common import classifier_head, tap
+
+
+class TinyNet(nn.Module):
+  """Stand-in with the shared model interface: tapped layers and the GAP/Dropout/Dense head."""
+  num_classes: int = 3
+  dropout_rate: float = 0.5
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = tap(self, "conv1_conv", nn.Conv(4, (3, 3), strides=2, name="conv1_conv")(x))
+    x = tap(self, "conv1_bn", nn.BatchNorm(use_running_average=not train, name="conv1_bn")(x))
+    x = tap(self, "conv1_relu", nn.relu(x))
+    x = tap(self, "conv2_conv", nn.Conv(6, (3, 3), strides=2, name="conv2_conv")(x))
+    x = tap(self, "out_relu", nn.relu(x))
+    return classifier_head(self, x, self.num_classes, self.dropout_rate, train, jnp.float32)
+
+
+def _registered():
+  try:
+    return rij.models.names()
+  except ModuleNotFoundError:   # no architecture file yet
+    return []
+
+
+def cam_closed_form(features, kernel, targets, size, probs=None):
+  """CAM: the target's Dense weights applied to the last feature map, ReLU, bilinear resize, / max.
+
+  With probs (score='softmax') the weight vector is W_t - sum_j p_j W_j (the softmax's Jacobian).
+  """
+  w = kernel[:, targets].T
+  if probs is not None:
+    w = w - probs @ kernel.T
+  cam = jax.nn.relu(jnp.einsum("bhwc,bc->bhw", features, w))
+  maps = jax.image.resize(cam, (features.shape[0],) + tuple(size), method="bilinear")
+  peak = maps.max(axis=(1, 2), keepdims=True)
+  return np.asarray(jnp.where(peak > 0, maps / jnp.where(peak > 0, peak, 1), 0))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  model = TinyNet()
+  x = jax.random.normal(jax.random.key(1), (4, 16, 20, 3))
+  variables = model.init(jax.random.key(0), x[:1])
+  # Non-trivial BatchNorm statistics, so inference mode matters.
+  variables = jax.tree_util.tree_map(lambda v: v, dict(variables))
+  variables["batch_stats"] = {"conv1_bn": {"mean": jnp.full((4,), 0.1),
+                                           "var": jnp.full((4,), 2.0)}}
+  return model, variables, x
+
+
+def test_tiny_gradcam_equals_cam_at_last_conv_layer(tiny):
+  model, variables, x = tiny
+  res = gc.gradcam_full(model, variables, x, layer="out_relu")
+  _, taps = rij.models.capture(model, variables, x, ["out_relu"])
+  expected = cam_closed_form(taps["out_relu"], variables["params"]["predictions"]["kernel"],
+                             np.asarray(res.targets), x.shape[1:3])
+  np.testing.assert_allclose(np.asarray(res.maps), expected, atol=1e-5)
+  assert res.maps.shape == (4, 16, 20)
+  np.testing.assert_array_equal(res.targets, np.argmax(res.logits, -1))
+
+
+def test_tiny_softmax_score_matches_softmax_jacobian(tiny):
+  model, variables, x = tiny
+  res = gc.gradcam_full(model, variables, x, layer="out_relu", score="softmax", target=1)
+  _, taps = rij.models.capture(model, variables, x, ["out_relu"])
+  expected = cam_closed_form(taps["out_relu"], variables["params"]["predictions"]["kernel"],
+                             np.full(4, 1), x.shape[1:3], probs=jax.nn.softmax(res.logits))
+  np.testing.assert_allclose(np.asarray(res.maps), expected, atol=1e-5)
+
+
+def test_tiny_intermediate_layer_matches_explicit_gradient(tiny):
+  """At an inner layer the gradient is not constant; compare with jax.grad of the network's tail
+  written out by hand (no perturbation mechanism involved)."""
+  model, variables, x = tiny
+  targets = np.array([0, 1, 2, 0])
+  res = gc.gradcam_full(model, variables, x, layer="conv1_relu", target=targets)
+  _, taps = rij.models.capture(model, variables, x, ["conv1_relu"])
+  p = variables["params"]
+
+  def tail(a):
+    h = jax.lax.conv_general_dilated(a, p["conv2_conv"]["kernel"], (2, 2), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    h = jax.nn.relu(h + p["conv2_conv"]["bias"]).mean(axis=(1, 2))
+    logits = h @ p["predictions"]["kernel"] + p["predictions"]["bias"]
+    return jnp.take_along_axis(logits, targets[:, None], 1).sum()
+
+  a = taps["conv1_relu"]
+  weights = jax.grad(tail)(a).mean(axis=(1, 2))
+  cam = jax.nn.relu(jnp.einsum("bhwc,bc->bhw", a, weights))
+  maps = jax.image.resize(cam, (4, 16, 20), "bilinear")
+  expected = maps / maps.max(axis=(1, 2), keepdims=True)
+  np.testing.assert_allclose(np.asarray(res.maps), np.asarray(expected), atol=1e-5)
+  np.testing.assert_array_equal(res.targets, targets)
+
+
+def test_tiny_batched_equals_one_at_a_time_and_range(tiny):
+  model, variables, x = tiny
+  batched = np.asarray(gc.gradcam(model, variables, x, layer="conv1_relu"))
+  single = np.concatenate([np.asarray(gc.gradcam(model, variables, x[i:i + 1], layer="conv1_relu"))
+                           for i in range(len(x))])
+  np.testing.assert_allclose(batched, single, atol=1e-6)
+  assert batched.min() >= 0 and np.allclose(batched.max(axis=(1, 2)), 1.0)
+
+
+def test_all_zero_map_stays_zero(tiny):
+  model, variables, x = tiny
+  # A target whose weights are negative everywhere gives ReLU(...) == 0: no NaN from 0 / 0.
+  params = jax.tree_util.tree_map(lambda v: v, dict(variables["params"]))
+  params["predictions"] = {"kernel": -jnp.abs(params["predictions"]["kernel"]),
+                           "bias": params["predictions"]["bias"]}
+  maps = gc.gradcam(model, {**variables, "params": params}, x, layer="out_relu", target=0)
+  np.testing.assert_array_equal(np.asarray(maps), 0.0)
+
+
+def test_unknown_layer_lists_valid_names(tiny):
+  model, variables, x = tiny
+  with pytest.raises(ValueError, match=r"'conv9'.*conv1_conv, conv1_bn, conv1_relu"):
+    gc.gradcam(model, variables, x, layer="conv9")
+  with pytest.raises(ValueError, match="avg_pool.*feature map"):
+    gc.gradcam(model, variables, x, layer="avg_pool")
+  with pytest.raises(ValueError, match="no spec_name"):
+    gc.gradcam(model, variables, x)
+  with pytest.raises(ValueError, match="score='prob'"):
+    gc.gradcam(model, variables, x, layer="out_relu", score="prob")
+  with pytest.raises(ValueError, match=r"target has shape \(2,\)"):
+    gc.gradcam(model, variables, x, layer="out_relu", target=[0, 1])
+  with pytest.raises(ValueError, match=r"target values 0..3 are not class indices 0..2"):
+    gc.gradcam(model, variables, x, layer="out_relu", target=[0, 1, 2, 3])
+
+
+def test_jitted_function_is_cached_per_model_layer_score(tiny):
+  model, variables, x = tiny
+  gc.gradcam(model, variables, x, layer="out_relu")
+  assert gc._compiled(TinyNet(), "out_relu", "logit") is gc._compiled(model, "out_relu", "logit")
+
+
+# ----------------------------------------------------------------------------- registered models
+def random_variables(model, x, seed=0):
+  """Random variables of the model's shapes without compiling its init (jax.eval_shape only):
+  kernels N(0, 1/fan_in), non-trivial BatchNorm scale/offset/statistics."""
+  shapes = jax.eval_shape(lambda: model.init({"params": jax.random.key(0)}, x[:1]))
+  rng = np.random.default_rng(seed)
+
+  def fill(path, s):
+    leaf = path[-1].key
+    if leaf == "kernel":
+      return rng.normal(0, np.sqrt(1.0 / np.prod(s.shape[:-1])), s.shape)
+    if leaf in ("scale", "var"):
+      return rng.uniform(0.5, 1.5, s.shape)
+    return rng.normal(0, 0.1, s.shape)     # bias, mean
+
+  variables = {k: shapes[k] for k in ("params", "batch_stats") if k in shapes}
+  return jax.tree_util.tree_map_with_path(lambda p, s: jnp.asarray(fill(p, s), jnp.float32),
+                                          variables)
+
+
+@pytest.mark.parametrize("name", _registered())
+def test_gradcam_equals_cam_for_registered_model(name):
+  """At the paper's layer (the last layer of the notop model, the input of GAP + Dense), the
+  Grad-CAM weights are W[:, target] / (h * w): Grad-CAM equals CAM. (Only one compile per model:
+  the activations come from the same call; the equality itself fails for any layer that does not
+  feed the head directly.)"""
+  spec = rij.models.get_spec(name)
+  model = spec.module_cls(num_classes=3)
+  size = spec.min_size
+  x = jax.random.normal(jax.random.key(4), (2, size, size + 3, 3))
+  variables = random_variables(model, x)
+  res = gc.gradcam_full(model, variables, x)            # default layer = spec.feature_layer
+  assert gc.default_layer(model) == spec.feature_layer
+  expected = cam_closed_form(res.activations, variables["params"]["predictions"]["kernel"],
+                             np.asarray(res.targets), (size, size + 3))
+  assert res.maps.shape == (2, size, size + 3)
+  assert np.asarray(res.maps).max() == pytest.approx(1.0)   # not a trivially zero map
+  np.testing.assert_allclose(np.asarray(res.maps), expected, atol=2e-4)
+  np.testing.assert_array_equal(res.targets, np.argmax(res.logits, -1))
+  # The head's input is the activations' spatial mean: the logits follow from A in closed form.
+  p = variables["params"]["predictions"]
+  logits = np.asarray(res.activations).mean(axis=(1, 2)) @ p["kernel"] + p["bias"]
+  np.testing.assert_allclose(np.asarray(res.logits), logits, rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- Dice / IoU
+def test_threshold_levels_and_comparisons_by_hand():
+  # floor(255 * v): 0.70 -> 178, 180.5/255 -> 180, 181/255 -> 181, 1.0 -> 255
+  m = np.array([[[0.70, 180.5 / 255, 181 / 255, 1.0]]], np.float32)
+  np.testing.assert_array_equal(sm.to_uint8_scale(m), [[[178, 180, 181, 255]]])
+  np.testing.assert_array_equal(sm.threshold(m, 180, ">"), [[[False, False, True, True]]])
+  np.testing.assert_array_equal(sm.threshold(m, 180, ">="), [[[False, True, True, True]]])
+  with pytest.raises(ValueError, match="comparison='=>'"):
+    sm.threshold(m, 180, "=>")
+
+
+def _hand_case():
+  """A 2x2 layer-resolution map, its 4x4 bilinear resize, and a 4x4 mask."""
+  cams = np.array([[[1.0, 0.0], [180 / 255, 0.5]]], np.float32)
+  maps = np.asarray(jax.image.resize(jnp.asarray(cams), (1, 4, 4), "bilinear"))
+  mask = np.zeros((1, 4, 4), bool)
+  mask[0, :2, :2] = True        # the top-left quadrant
+  return cams, maps, mask
+
+
+def test_dice_iou_resize_then_threshold_by_hand():
+  cams, maps, mask = _hand_case()
+  # Bilinear 2x2 -> 4x4: row 0 = [1, .75, .25, 0]; row 1 = interpolation with row 2 of the map.
+  np.testing.assert_allclose(maps[0, 0], [1.0, 0.75, 0.25, 0.0], atol=1e-6)
+  for comparison in (">", ">="):
+    pred = sm.predicted_regions(maps=maps, comparison=comparison)
+    scaled = np.floor(255 * maps[0])
+    expect = scaled > 180 if comparison == ">" else scaled >= 180
+    np.testing.assert_array_equal(pred[0], expect)
+  # By hand (bilinear, half-pixel centres, edges clamped), 255 * map > 180 keeps
+  # (0,0) 255, (0,1) 0.75 -> 191, (1,0) 0.75 + 0.25 * 0.706 -> 236, (1,1) 0.726 -> 185,
+  # (2,0) 0.25 + 0.75 * 0.706 -> 198; (2,1) 0.678 -> 172 and (3,0) 180 are out.
+  pred = sm.predicted_regions(maps=maps, comparison=">")[0]
+  expected = np.zeros((4, 4), bool)
+  expected[:2, :2] = True
+  expected[2, 0] = True
+  np.testing.assert_array_equal(pred, expected)
+  dice, iou, empty = sm.dice_iou(pred[None], mask)
+  # |P| = 5, |G| = 4, |P & G| = 4: Dice 8/9, IoU 4/5.
+  np.testing.assert_allclose(dice, [8 / 9])
+  np.testing.assert_allclose(iou, [0.8])
+  assert not empty[0]
+
+
+def test_dice_iou_threshold_then_resize_by_hand():
+  cams, maps, mask = _hand_case()
+  # At 2x2: > 180 keeps only the 1.0 cell; >= 180 keeps 1.0 and 180/255.
+  gt = sm.predicted_regions(maps=maps, cams=cams, order="threshold_then_resize", comparison=">")
+  np.testing.assert_array_equal(gt[0], np.kron([[1, 0], [0, 0]], np.ones((2, 2))).astype(bool))
+  dice, iou, _ = sm.dice_iou(gt, mask)
+  np.testing.assert_allclose([dice[0], iou[0]], [1.0, 1.0])
+  ge = sm.predicted_regions(maps=maps, cams=cams, order="threshold_then_resize", comparison=">=")
+  np.testing.assert_array_equal(ge[0], np.kron([[1, 0], [1, 0]], np.ones((2, 2))).astype(bool))
+  dice, iou, _ = sm.dice_iou(ge, mask)
+  np.testing.assert_allclose([dice[0], iou[0]], [2 * 4 / 12, 4 / 8])
+  with pytest.raises(ValueError, match="order='both'"):
+    sm.predicted_regions(maps=maps, cams=cams, order="both")
+
+
+def test_empty_ground_truth_definition():
+  pred = np.zeros((3, 2, 2), bool)
+  pred[1, 0, 0] = True
+  truth = np.zeros((3, 2, 2), bool)
+  truth[2, 1, 1] = True
+  dice, iou, empty = sm.dice_iou(pred, truth)
+  np.testing.assert_array_equal(dice, [1.0, 0.0, 0.0])   # both empty / false positive / miss
+  np.testing.assert_array_equal(iou, [1.0, 0.0, 0.0])
+  np.testing.assert_array_equal(empty, [True, True, False])
+
+
+def test_mask_size_mismatch_is_resized_nearest_and_flagged():
+  small = np.zeros((2, 3, 1), np.uint8)
+  small[1, 2, 0] = 255
+  same = np.zeros((4, 6), np.uint8)
+  same[0, 0] = 1
+  masks, resized = sm.prepare_masks([small, same], (4, 6))
+  np.testing.assert_array_equal(resized, [True, False])
+  expect = np.asarray(jax.image.resize(jnp.asarray(small[..., 0] > 0, jnp.float32), (4, 6),
+                                       "nearest")) > 0
+  np.testing.assert_array_equal(masks[0], expect)
+  assert masks[0].sum() == 4 and masks[0][2:, 4:].all()
+  np.testing.assert_array_equal(masks[1], same > 0)
+  with pytest.raises(ValueError, match=r"mask has shape \(2, 3, 2\)"):
+    sm.prepare_masks([np.zeros((2, 3, 2))], (4, 6))
+
+
+# ----------------------------------------------------------------------------- pictures
+def test_overlay_and_panel_pngs(tmp_path):
+  from PIL import Image
+  from radimagenet_jax import plots
+  rng = np.random.default_rng(0)
+  img = rng.normal(size=(3, 32, 32, 3))
+  cams = rng.uniform(size=(3, 32, 32))
+  masks = np.zeros((3, 32, 32), bool)
+  masks[:, 8:20, 8:20] = True
+  plots.overlay(img[0], cams[0], masks[0], path=str(tmp_path / "o.png"), title="x")
+  plots.panel(img, masks, cams, cams[::-1], names=("RadImageNet", "ImageNet"),
+              dice_a=[0.1, 0.2, 0.3], dice_b=[0.3, 0.2, 0.1], path=str(tmp_path / "p.png"))
+  o = Image.open(tmp_path / "o.png")
+  p = Image.open(tmp_path / "p.png")
+  assert o.size == (300, 300) and p.size == (750, 750)
+  # The heat map is drawn: the picture is not grey.
+  rgb = np.asarray(p.convert("RGB")).astype(int)
+  assert np.abs(rgb[..., 0] - rgb[..., 2]).max() > 50
+  # display_image undoes any per-channel affine preprocessing of a grey image.
+  grey = rng.uniform(size=(8, 8))
+  pre = np.stack([(grey * 255 - 104) / 255, (grey * 255 - 117) / 255, (grey * 255 - 124) / 255], -1)
+  np.testing.assert_allclose(plots.display_image(pre), (grey - grey.min()) / np.ptp(grey),
+                             atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- the command
+CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                      "gradcam.py")
+
+
+def _read_csv(path):
+  import csv
+  with open(path) as f:
+    return list(csv.DictReader(f))
+
+
+def test_run_loads_a_checkpoint_and_matches_direct_computation(demo_data_dir, tmp_path):
+  """One model from an Orbax checkpoint: the per-image numbers in per_image.csv equal Grad-CAM +
+  threshold + Dice computed directly with the saved variables on the same images."""
+  from radimagenet_jax import gradcam_run
+  from radimagenet_jax.train import checkpoint
+  model = rij.models.get_spec("resnet50").module_cls(num_classes=2)
+  variables = random_variables(model, jnp.zeros((1, 32, 32, 3)), seed=5)
+  checkpoint.save_variables(tmp_path / "ckpt", variables, model_name="resnet50", num_classes=2)
+  c = __import__("configs.gradcam", fromlist=["get_config"]).get_config("demo,tiny,model_b=none")
+  c.data_dir, c.build_dataset = demo_data_dir, False
+  c.image_size, c.max_images, c.batch_size = 32, 6, 4          # 4 + 2: the last batch is padded
+  c.model_a.weights, c.model_a.label = str(tmp_path / "ckpt"), "ckpt"
+  summary = gc.run(c, str(tmp_path / "w"))
+  rows = _read_csv(tmp_path / "w" / "per_image.csv")
+  assert len(rows) == 6 and summary["n_images"] == 6 and "comparison" not in summary
+  source, _ = gradcam_run.load_records(c)
+  direct = []
+  for batch in gradcam_run.iterate_batches(source, c, ["radimagenet"]):
+    res = gc.gradcam_full(model, variables, batch["images"]["radimagenet"])
+    pred = sm.predicted_regions(maps=np.asarray(res.maps)[:batch["valid"]])
+    direct.append(sm.dice_iou(pred, batch["masks"])[0])
+  np.testing.assert_allclose([float(r["dice"]) for r in rows], np.concatenate(direct), atol=1e-9)
+  assert sorted(os.listdir(tmp_path / "w" / "overlays")) == ["ckpt_00000.png", "ckpt_00001.png"]
+  assert not (tmp_path / "w" / "panel.png").exists()
+
+
+def test_cli_run_end_to_end_statistics_match_csv(demo_data_dir, tmp_path):
+  import tensorflow_datasets as tfds
+  from scipy import stats as sps
+  from radimagenet_jax import cli
+  work = tmp_path / "w"
+  assert cli.main(["gradcam", f"--config={CONFIG}:demo,tiny", f"--workdir={work}",
+                   f"--config.data_dir={demo_data_dir}", "--config.image_size=32",
+                   "--config.max_images=12", "--config.batch_size=4",
+                   "--config.comparison=>=", "--config.model_b.seed=7"]) == 0
+  summary = json.load(open(work / "summary.json"))
+  rows = _read_csv(work / "per_image.csv")
+  source = tfds.data_source("radimagenet_demo/lesion", split="test", data_dir=demo_data_dir)
+  empty = [not np.any(source[i]["mask"]) for i in range(12)]
+  assert summary["n_empty_masks"] == sum(empty) and summary["n_masks_resized"] == 0
+  assert summary["settings"]["comparison"] == ">="
+  assert [r["mask_empty"] == "True" for r in rows if r["model"] == "A"] == empty
+  keep = [r for r in rows if r["mask_empty"] == "False"]
+  da = np.array([float(r["dice"]) for r in keep if r["model"] == "A"])
+  db = np.array([float(r["dice"]) for r in keep if r["model"] == "B"])
+  s = summary["comparison"]["dice"]
+  assert s["n"] == 12 - sum(empty)
+  assert s["A"]["mean"] == pytest.approx(da.mean()) and s["B"]["sd"] == pytest.approx(db.std(ddof=1))
+  if s["ttest_rel"] is not None:
+    assert s["ttest_rel"]["pvalue"] == pytest.approx(sps.ttest_rel(da, db).pvalue)
+  for r in rows:
+    pred, mask = int(r["pred_pixels"]), int(r["mask_pixels"])
+    assert 0 <= float(r["dice"]) <= 1 and pred > 0          # the max pixel always passes 180
+    assert float(r["iou"]) == pytest.approx(float(r["dice"]) / (2 - float(r["dice"])))
+  assert (work / "panel.png").exists() and (work / "config.json").exists()
+
+
+def test_run_resizes_mismatched_masks_and_counts_them(monkeypatch, tmp_path):
+  """A synthetic source (no TFDS): masks at half the image size are resized (nearest) and
+  counted; one model only, so no comparison block."""
+  from radimagenet_jax import gradcam_run
+  rng = np.random.default_rng(0)
+  records = []
+  for i in range(5):
+    mask = np.zeros((40, 40, 1) if i % 2 else (20, 20, 1), np.uint8)
+    mask[5:15, 5:15] = 255 if i < 4 else 0                  # record 4: empty mask
+    records.append({"image": rng.integers(0, 255, (40, 40, 1), np.uint8), "mask": mask,
+                    "label": i % 2, "file_name": f"img{i}.png"})
+  monkeypatch.setattr(gradcam_run, "load_records", lambda config: (records, 2))
+  c = __import__("configs.gradcam", fromlist=["get_config"]).get_config("demo,tiny,model_b=none")
+  c.image_size, c.batch_size, c.target = 32, 4, "label"
+  summary = gc.run(c, str(tmp_path))
+  rows = _read_csv(tmp_path / "per_image.csv")
+  assert summary["n_masks_resized"] == 3 and summary["n_empty_masks"] == 1
+  assert "comparison" not in summary and list(summary["models"]) == ["A"]
+  assert [r["mask_resized"] for r in rows] == ["True", "False", "True", "False", "True"]
+  assert [r["id"] for r in rows] == [f"img{i}.png" for i in range(5)]
+  assert [int(r["target"]) for r in rows] == [0, 1, 0, 1, 0]   # target='label'
+  # 10x10 of 20x20 -> 16x16 of 32x32; 10x10 of 40x40 -> 8x8 of 32x32.
+  assert [int(r["mask_pixels"]) for r in rows] == [256, 64, 256, 64, 0]
+  assert summary["models"]["A"]["dice"]["n"] == 4
