@@ -16,7 +16,7 @@ import pytest
 from flax import traverse_util
 
 import radimagenet_jax as rij
-from radimagenet_jax.models.inception_v3 import KerasGraph
+from radimagenet_jax.models.keras_graph import KerasGraph
 from tests import keras_oracle
 
 # 107 is the smallest input whose last feature map is 2x2 rather than 1x1: with a 1x1 map and a
@@ -218,7 +218,7 @@ def test_outputs_match_keras_at_299(name):
 
 def test_keras_order_reproduces_keras_on_a_branching_graph():
   import keras
-  from radimagenet_jax.models.inception_v3 import keras_order
+  from radimagenet_jax.models.keras_graph import keras_order
   graph = {"input_layer": (), "a": ("input_layer",), "b1": ("a",), "b2": ("b1",), "c": ("a",),
            "m": ("c", "b2", "a"), "out": ("m",)}
   tensors = {"input_layer": keras.Input((8, 8, 3), name="input_layer")}

@@ -8,7 +8,7 @@ except the ``block*_conv`` up-projections (which have a bias and no BatchNorm); 
 residual branch is scaled by 0.17 (block35), 0.1 (block17) and 0.2 (block8), and the last block,
 ``block8_10``, has scale 1.0 and no activation.
 
-The layer table is sorted into Keras's ``model.layers`` order by ``inception_v3.KerasGraph``.
+The layer table is sorted into Keras's ``model.layers`` order by ``keras_graph.KerasGraph``.
 
 Names follow this file's Keras convention ``conv2d_bn(name=n)`` -> Conv2D ``n``, BatchNormalization
 ``n_bn``, Activation ``n_ac``. Keras's stable names are kept (``mixed_5b``, ``mixed_6a``,
@@ -23,7 +23,8 @@ the residual ``CustomScaleLayer`` of block ``block35_1`` is ``block35_1``, the n
 """
 from __future__ import annotations
 
-from radimagenet_jax.models.inception_v3 import BN_EPSILON, KerasGraphApplication
+from radimagenet_jax.models.inception_v3 import BN_EPSILON
+from radimagenet_jax.models.keras_graph import KerasGraphApplication
 from radimagenet_jax.models.registry import ModelSpec, register
 
 BLOCK_SCALES = {"block35": 0.17, "block17": 0.1, "block8": 0.2}
