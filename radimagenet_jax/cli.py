@@ -113,8 +113,8 @@ def _build(argv):
 
 
 _COMMANDS = {
-    "pretrain": (_pretrain, "Pretrain (or fine-tune) a CNN from a config; resumes from the "
-                 "latest checkpoint in --workdir."),
+    "pretrain": (_pretrain, "Train a CNN from a config (demo or RadImageNet pretraining); "
+                 "resumes from the latest checkpoint in --workdir."),
     "evaluate": (_evaluate, "Evaluate the latest checkpoint in --workdir on the config's "
                  "evaluation split (loss, top-1, top-5)."),
     "gradcam": (_gradcam, "Grad-CAM maps, Dice against lesion masks and statistics between two "
