@@ -12,7 +12,12 @@ and one warm-up call; images/s = batch * steps / wall time, after block_until_re
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
+
+# Runnable from a checkout without `pip install -e .`.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax
 import jax.numpy as jnp
