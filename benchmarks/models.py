@@ -75,13 +75,14 @@ def bench(name: str, batch: int, steps: int, size: int | None, num_classes: int 
           "infer_ips": batch * steps / t_inf, "train_ips": batch * steps / t_train}
 
 
-def markdown(rows) -> str:
-  head = ("| model | input | batch | parameters (+BN stats) | compile inference / train (s) "
+HEADER = ("| model | input | batch | parameters (+BN stats) | compile inference / train (s) "
           "| inference img/s | train step img/s |\n|---|---|---|---|---|---|---|")
-  lines = [f"| {r['model']} | {r['size']}x{r['size']} | {r['batch']} | {r['params']:,} "
-           f"(+{r['bn_stats']:,}) | {r['compile_infer_s']:.1f} / {r['compile_train_s']:.1f} "
-           f"| {r['infer_ips']:.1f} | {r['train_ips']:.1f} |" for r in rows]
-  return "\n".join([head] + lines)
+
+
+def markdown_row(r) -> str:
+  return (f"| {r['model']} | {r['size']}x{r['size']} | {r['batch']} | {r['params']:,} "
+          f"(+{r['bn_stats']:,}) | {r['compile_infer_s']:.1f} / {r['compile_train_s']:.1f} "
+          f"| {r['infer_ips']:.1f} | {r['train_ips']:.1f} |")
 
 
 def main(argv=None):
@@ -96,8 +97,11 @@ def main(argv=None):
   dev = jax.devices()[0]
   print(f"# {dev.platform} ({dev.device_kind}), {jax.device_count()} device(s) visible, one "
         f"used; float32; jax {jax.__version__}\n")
-  rows = [bench(m.strip(), args.batch, args.steps, args.size) for m in args.models.split(",")]
-  print(markdown(rows))
+  print(HEADER, flush=True)
+  rows = []
+  for name in args.models.split(","):
+    rows.append(bench(name.strip(), args.batch, args.steps, args.size))
+    print(markdown_row(rows[-1]), flush=True)  # row by row: a run cut short still reports
   return rows
 
 
