@@ -42,7 +42,7 @@ def get_config(arg=None):
   c = ml_collections.ConfigDict()
 
   # Data.
-  c.dataset = "radimagenet/all"        # TFDS name[/config]; built with `radimagenet-jax build`
+  c.dataset = "radimagenet/default"    # TFDS name[/config]; built with `radimagenet-jax build`
   c.data_dir = ""                      # TFDS data dir ("": $TFDS_DATA_DIR or ~/tensorflow_datasets)
   c.build_dataset = False              # build the TFDS dataset first if it is missing
   c.train_split = "train"
@@ -84,7 +84,7 @@ def get_config(arg=None):
   c.progress_bar = True
 
   if "radimagenet" in variants:
-    c.dataset, c.image_size, c.num_classes = "radimagenet/all", 224, 165
+    c.dataset, c.image_size, c.num_classes = "radimagenet/default", 224, 165
     c.batch_size, c.num_epochs = 512, 30.0
   if "demo" in variants:
     # Sized for a 2-core CPU: ResNet50 at 64x64, batch 32 takes ~2.8 s/step (measured with

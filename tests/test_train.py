@@ -242,3 +242,13 @@ def test_config_variants_combine():
   with pytest.raises(ValueError, match="valid variants: demo, radimagenet, tiny"):
     pretrain.get_config("demo,tiniest")
   loop.validate_config(c)
+
+
+@pytest.mark.parametrize("arg", ["demo", "radimagenet", "tiny"])
+def test_every_pretrain_variant_names_an_existing_builder_config(arg):
+  from radimagenet_jax.data import build
+  config = pretrain.get_config(arg)
+  name, builder_config = build.parse_name(config.dataset)
+  cls = build.builder_class(name)
+  valid = [c.name for c in cls.BUILDER_CONFIGS]
+  assert builder_config in valid, (config.dataset, valid)
