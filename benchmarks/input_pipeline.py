@@ -7,7 +7,9 @@ Builds a TFDS array_record dataset of 256x256 grayscale PNGs (random anatomy-lik
 dir, TF-free, then times the work of one training image: read the record, PNG decode, resize
 (nearest), the 'paper' ImageDataGenerator augmentation, the 'radimagenet' preprocessing, batching:
 - grain: `pipeline.make_loader` over `pipeline.open_source(..., decode=False)`, with 0 workers (this
-  process) and with each --workers count (images/s total and per worker process);
+  process) and with each --workers count (images/s total and per worker process), once with the
+  preprocessing on the host and once with `preprocess_on_device=True` (the train loop's setting:
+  the workers ship uint8 / single-channel pixels and the jitted step preprocesses);
 - baseline: the same steps as a plain per-image Python loop the way the original Keras generator
   does them (PIL decode, convert to RGB, resize, 3-channel augmentation, preprocess, np.stack).
 --profile adds a per-step breakdown; --read_threads and --decode_in_source try grain's reader
@@ -180,20 +182,24 @@ def _run(args, data_dir):
   if args.profile:
     _profile_stages(raw, args.image_size, args.augment)
 
-  def loader(workers):
+  def loader(workers, on_device):
     return pipeline.make_loader(source, batch_size=args.batch_size, image_size=args.image_size,
                                 augment=args.augment, worker_count=workers, seed=0,
-                                read_options=read_options)
+                                read_options=read_options, preprocess_on_device=on_device)
 
   rate = _time_plain_loop(raw, args.image_size, args.batches, args.batch_size)
-  print(f"{'plain PIL+numpy loop (1 process)':40s} {rate:8.1f} images/s")
-  rate0 = _time_loader(loader(0), args.batches, args.batch_size)
-  print(f"{'grain, 0 workers (1 process)':40s} {rate0:8.1f} images/s")
-  for workers in [w for w in args.workers if w > 0]:  # 0 is the in-process line above
-    rate = _time_loader(loader(workers), args.batches * max(workers, 1), args.batch_size,
-                        warmup=2 * max(workers, 1))
-    print(f"{f'grain, {workers} worker processes':40s} {rate:8.1f} images/s "
-          f"({rate / workers:.1f} per worker)")
+  print(f"{'plain PIL+numpy loop (1 process)':48s} {rate:8.1f} images/s")
+  # Two ways to split the work: everything on the host (float32 RGB batches leave the workers),
+  # or the preprocessing in the jitted step (pixels leave the workers; what the train loop does).
+  for on_device in (False, True):
+    where = "preprocess in the step" if on_device else "preprocess on host"
+    rate0 = _time_loader(loader(0, on_device), args.batches, args.batch_size)
+    print(f"{f'grain, 0 workers, {where}':48s} {rate0:8.1f} images/s")
+    for workers in [w for w in args.workers if w > 0]:  # 0 is the in-process line above
+      rate = _time_loader(loader(workers, on_device), args.batches * max(workers, 1),
+                          args.batch_size, warmup=2 * max(workers, 1))
+      print(f"{f'grain, {workers} workers, {where}':48s} {rate:8.1f} images/s "
+            f"({rate / workers:.1f} per worker)")
 
 
 if __name__ == "__main__":

@@ -226,3 +226,24 @@ def test_demo_lesion_data_through_the_loader(demo_data_dir):
   values = np.unique(np.concatenate([b["mask"].ravel() for b in augmented]))
   source_values = np.unique(np.concatenate([source[i]["mask"].ravel() for i in range(len(source))]))
   assert len(source_values) == 2 and set(values.tolist()) == set(source_values.tolist())
+
+
+@pytest.mark.parametrize("augment", ["none", "paper"])
+@pytest.mark.parametrize("rgb", [False, True])
+def test_preprocess_on_device_ships_pixels_that_preprocess_to_the_host_batches(augment, rgb):
+  import jax
+  records = _records()
+  if rgb:
+    records = [dict(r, image=np.repeat(r["image"], 3, -1) // np.array([1, 2, 3], np.uint8))
+               for r in records]
+  kwargs = dict(batch_size=4, image_size=12, seed=5, num_epochs=1, augment=augment,
+                preprocess_mode="radimagenet")
+  host = list(pipeline.make_loader(records, **kwargs))
+  pixels = list(pipeline.make_loader(records, preprocess_on_device=True, **kwargs))
+  for h, p in zip(host, pixels, strict=True):
+    # Grayscale crosses as one channel; uint8 unless augmented (the Keras warp is float).
+    assert p["image"].shape == (4, 12, 12, 3 if rgb else 1)
+    assert p["image"].dtype == (np.uint8 if augment == "none" else np.float32)
+    np.testing.assert_array_equal(p["label"], h["label"])
+    on_device = jax.jit(lambda x: preprocess(x, "radimagenet"))(p["image"])
+    np.testing.assert_allclose(np.asarray(on_device), h["image"], rtol=0, atol=1e-6)

@@ -161,14 +161,23 @@ class Augment(grain.transforms.RandomMap):
 
 @dataclasses.dataclass(frozen=True)
 class Finalize(grain.transforms.Map):
-  """Preprocessing mode, int32 label, masks as (H, W, 1) uint8, only the requested keys kept."""
+  """Preprocessing mode, int32 label, masks as (H, W, 1) uint8, only the requested keys kept.
+
+  With on_device=True the image keeps its pixels (H, W, 1) or (H, W, 3), uint8 or (augmented)
+  float32 0..255, and the consumer applies `preprocess` on the accelerator.
+  """
   mode: str
   extra_keys: tuple[str, ...] = ()
   mask_keys: tuple[str, ...] = ()
+  on_device: bool = False
 
   def map(self, record):
-    out = {"image": preprocess(record["image"], self.mode),
-           "label": np.int32(record["label"])}
+    if self.on_device:
+      image = np.asarray(record["image"])
+      image = image[..., None] if image.ndim == 2 else image
+    else:
+      image = preprocess(record["image"], self.mode)
+    out = {"image": image, "label": np.int32(record["label"])}
     for key in self.extra_keys:
       value = record[key]
       if key in self.mask_keys:
@@ -184,7 +193,8 @@ def make_loader(source: Sequence[Any], *, batch_size: int, image_size: int | tup
                 drop_remainder: bool = True, resize: str = "nearest",
                 shard_by_process: bool = True, extra_keys: Sequence[str] = (),
                 worker_buffer_size: int = 2,
-                read_options: grain.ReadOptions | None = None) -> grain.DataLoader:
+                read_options: grain.ReadOptions | None = None,
+                preprocess_on_device: bool = False) -> grain.DataLoader:
   """A grain DataLoader yielding preprocessed batches.
 
   Args:
@@ -205,10 +215,16 @@ def make_loader(source: Sequence[Any], *, batch_size: int, image_size: int | tup
       '_mask' are images: decoded, resized (nearest) and augmented with the image.
     worker_buffer_size: batches each worker prepares ahead.
     read_options: grain ReadOptions (reader threads and prefetch) for the source reads.
+    preprocess_on_device: leave the preprocessing to the consumer: 'image' is (B, H, W, 1) for
+      grayscale or (B, H, W, 3), uint8 (float32 0..255 after augmentation), and the caller applies
+      `preprocess(batch['image'], preprocess_mode)` inside its jitted step (the train loop does).
+      A grayscale image then crosses from a worker process as 1 byte per pixel instead of 12,
+      which is what lets worker processes keep up (benchmarks/input_pipeline.py).
 
   Returns:
     A grain.DataLoader; `iter(loader)` has get_state()/set_state(). Batches are dicts:
-    'image' float32 (B, H, W, 3), 'label' int32 (B,), and each extra key stacked.
+    'image' float32 (B, H, W, 3) preprocessed (unless preprocess_on_device), 'label' int32 (B,),
+    and each extra key stacked.
   """
   if preprocess_mode not in PREPROCESS_MODES:
     raise ValueError(f"unknown preprocessing mode {preprocess_mode!r}; expected one of "
@@ -230,7 +246,7 @@ def make_loader(source: Sequence[Any], *, batch_size: int, image_size: int | tup
   operations = [DecodeResize(size, resize, mask_keys)]
   if not config.is_identity:
     operations.append(Augment(config, mask_keys))
-  operations += [Finalize(preprocess_mode, extra_keys, mask_keys),
+  operations += [Finalize(preprocess_mode, extra_keys, mask_keys, preprocess_on_device),
                  grain.transforms.Batch(batch_size=batch_size, drop_remainder=drop_remainder)]
   return grain.DataLoader(data_source=source, sampler=sampler, operations=operations,
                           worker_count=worker_count, worker_buffer_size=worker_buffer_size,

@@ -89,15 +89,20 @@ def _eval_batches(config, source, mesh, batch_size):
   local_bs = distributed.process_batch_size(batch_size, mesh)
   loader = pipeline.make_loader(source, batch_size=local_bs, image_size=config.image_size,
                                 preprocess_mode=config.preprocess, shuffle=False, num_epochs=1,
-                                worker_count=config.worker_count, drop_remainder=False)
+                                worker_count=config.worker_count, drop_remainder=False,
+                                preprocess_on_device=True)
   n = math.ceil(len(source) / batch_size)
   if config.eval_steps:
     n = min(n, config.eval_steps)
   it = iter(loader)
-  shape = (local_bs, config.image_size, config.image_size, 3)
+  # Pixels as the loader ships them (preprocessed in the jitted step): padding takes the shape
+  # and dtype of the first batch; a process with no examples at all falls back to RGB uint8.
+  pixel_shape, pixel_dtype = (config.image_size, config.image_size, 3), np.uint8
   for _ in range(n):
     batch = next(it, None)
-    images = np.zeros(shape, np.float32)
+    if batch is not None:
+      pixel_shape, pixel_dtype = batch["image"].shape[1:], batch["image"].dtype
+    images = np.zeros((local_bs,) + tuple(pixel_shape), pixel_dtype)
     labels, mask = np.zeros(local_bs, np.int32), np.zeros(local_bs, np.float32)
     if batch is not None:
       k = len(batch["label"])
@@ -171,14 +176,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   tx = optim.create_optimizer(config, lr_fn)
   state = state_lib.create(model, tx, config.seed, config.image_size,
                            distributed.replicated(mesh))
-  train_fn = steps.compile_train_step(model, tx, mesh)
-  eval_fn = steps.compile_eval_step(model, mesh)
+  train_fn = steps.compile_train_step(model, tx, mesh, config.preprocess)
+  eval_fn = steps.compile_eval_step(model, mesh, config.preprocess)
 
   from radimagenet_jax.data import pipeline
   loader = pipeline.make_loader(train_source, batch_size=local_bs, image_size=config.image_size,
                                 preprocess_mode=config.preprocess, augment=config.augment,
                                 shuffle=True, seed=config.seed, num_epochs=None,
-                                worker_count=config.worker_count)
+                                worker_count=config.worker_count, preprocess_on_device=True)
   data_iter = iter(loader)
 
   # ---- Resume ----
@@ -294,7 +299,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   model = create_model(config, num_classes)
   variables = distributed.put_replicated(
       ckpt_lib.load_variables(workdir, config.model, step=step), mesh)
-  ev = run_eval(config, steps.compile_eval_step(model, mesh), variables, source, mesh,
+  ev = run_eval(config, steps.compile_eval_step(model, mesh, config.preprocess), variables, source, mesh,
                 num_classes)
   result = _summary(config, step, ev, class_names, 0.0)
   result.pop("images_per_second")

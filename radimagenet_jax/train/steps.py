@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from radimagenet_jax import distributed
+from radimagenet_jax.data.preprocess import preprocess
 from radimagenet_jax.train.state import TrainState
 
 NO_BAD_STEP = jnp.iinfo(jnp.int32).max   # first_bad_step when every loss so far was finite
@@ -43,14 +44,23 @@ def init_eval_metrics(num_classes: int):
           "confusion": jnp.zeros((num_classes, num_classes), jnp.int32)}
 
 
-def train_step(state: TrainState, metrics, batch, *, model, tx):
+def _inputs(batch, preprocess_mode):
+  """The network input: pixels preprocessed here, on the device (the loader ships uint8 /
+  single-channel pixels, see pipeline.make_loader(preprocess_on_device=True)), or as they come
+  when preprocess_mode is None (already preprocessed)."""
+  images = batch["image"]
+  return images if preprocess_mode is None else preprocess(images, preprocess_mode)
+
+
+def train_step(state: TrainState, metrics, batch, *, model, tx, preprocess_mode=None):
   """One SGD update on a global batch; returns (new state, updated metric sums)."""
   # A fresh dropout key per step that depends only on (seed, step): resumed runs draw the same.
   dropout_rng = jax.random.fold_in(state.rng, state.step)
 
   def loss_fn(params):
     logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats},
-                                  batch["image"], train=True, mutable=["batch_stats"],
+                                  _inputs(batch, preprocess_mode), train=True,
+                                  mutable=["batch_stats"],
                                   rngs={"dropout": dropout_rng})
     loss = cross_entropy(logits, batch["label"]).mean()
     return loss, (logits, updates.get("batch_stats", state.batch_stats))
@@ -69,9 +79,9 @@ def train_step(state: TrainState, metrics, batch, *, model, tx):
   return new_state, metrics
 
 
-def eval_step(variables, metrics, batch, *, model):
+def eval_step(variables, metrics, batch, *, model, preprocess_mode=None):
   """Adds one (padded) eval batch to the metric sums; ``batch['mask']`` is 0 for padding."""
-  logits = model.apply(variables, batch["image"], train=False)
+  logits = model.apply(variables, _inputs(batch, preprocess_mode), train=False)
   labels, mask = batch["label"], batch["mask"]
   num_classes = metrics["confusion"].shape[0]
   preds = jnp.argmax(logits, -1)
@@ -84,20 +94,21 @@ def eval_step(variables, metrics, batch, *, model):
           "confusion": metrics["confusion"] + confusion}
 
 
-def compile_train_step(model, tx, mesh):
+def compile_train_step(model, tx, mesh, preprocess_mode=None):
   """jit of train_step with explicit shardings; state and metrics are donated."""
   rep, data = distributed.replicated(mesh), distributed.data_sharded(mesh)
-  fn = functools.partial(train_step, model=model, tx=tx)
+  fn = functools.partial(train_step, model=model, tx=tx, preprocess_mode=preprocess_mode)
   return jax.jit(fn, in_shardings=(rep, rep, data), out_shardings=(rep, rep),
                  donate_argnums=(0, 1))
 
 
 @functools.lru_cache(maxsize=8)
-def compile_eval_step(model, mesh):
+def compile_eval_step(model, mesh, preprocess_mode=None):
   # Cached per (model, mesh): `evaluate` after `train_and_evaluate` in one process (tests,
   # notebooks) reuses the compiled step. Linen modules and meshes hash by value.
   rep, data = distributed.replicated(mesh), distributed.data_sharded(mesh)
-  return jax.jit(functools.partial(eval_step, model=model), in_shardings=(rep, rep, data),
+  return jax.jit(functools.partial(eval_step, model=model, preprocess_mode=preprocess_mode),
+                 in_shardings=(rep, rep, data),
                  out_shardings=rep, donate_argnums=(1,))
 
 
