@@ -19,28 +19,11 @@ or a Keras .h5 file; empty = random init (seed ``model_a.seed``).
 """
 import ml_collections
 
+from radimagenet_jax import config_arg
+
 VARIANTS = ("demo", "busi", "ddti", "tiny")
 DATASETS = {"demo": "radimagenet_demo/lesion", "busi": "busi/benign_vs_malignant",
             "ddti": "ddti"}
-
-
-def _parse_arg(arg):
-  """'busi,model_a=densenet121' -> ({'busi'}, {'model_a': 'densenet121'})."""
-  flags, settings = set(), {}
-  for item in filter(None, (s.strip() for s in (arg or "").split(","))):
-    if "=" in item:
-      key, value = item.split("=", 1)
-      if key not in ("model_a", "model_b"):
-        raise ValueError(f"configs/gradcam.py: unknown setting {key!r} in ':{arg}'; valid "
-                         f"settings: model_a=NAME, model_b=NAME (other fields: "
-                         f"--config.{key}={value}).")
-      settings[key] = value
-    elif item in VARIANTS:
-      flags.add(item)
-    else:
-      raise ValueError(f"configs/gradcam.py: unknown variant {item!r} in ':{arg}'; valid "
-                       f"variants: {', '.join(VARIANTS)} and model_a=NAME, model_b=NAME.")
-  return flags, settings
 
 
 def _model(name, label, seed):
@@ -56,7 +39,8 @@ def _model(name, label, seed):
 
 def get_config(arg=None):
   """Returns the Grad-CAM ConfigDict for the variants in ``arg`` (see module docstring)."""
-  variants, settings = _parse_arg(arg)
+  variants, settings = config_arg.parse(arg, variants=VARIANTS, settings=("model_a", "model_b"),
+                                        where="configs/gradcam.py")
   c = ml_collections.ConfigDict()
 
   # Data: a split whose records have 'image', 'label' and a lesion mask.

@@ -15,30 +15,15 @@ Any field can then be overridden with ``--config.KEY=VALUE``; unknown keys are e
 """
 import ml_collections
 
+from radimagenet_jax import config_arg
+
 VARIANTS = ("demo", "radimagenet", "tiny")
-
-
-def _parse_arg(arg):
-  """'demo,model=densenet121' -> ({'demo'}, {'model': 'densenet121'})."""
-  flags, settings = set(), {}
-  for item in filter(None, (s.strip() for s in (arg or "").split(","))):
-    if "=" in item:
-      key, value = item.split("=", 1)
-      if key != "model":
-        raise ValueError(f"configs/pretrain.py: unknown setting {key!r} in ':{arg}'; valid "
-                         f"settings: model=NAME (other fields: --config.{key}={value}).")
-      settings[key] = value
-    elif item in VARIANTS:
-      flags.add(item)
-    else:
-      raise ValueError(f"configs/pretrain.py: unknown variant {item!r} in ':{arg}'; valid "
-                       f"variants: {', '.join(VARIANTS)} and model=NAME.")
-  return flags, settings
 
 
 def get_config(arg=None):
   """Returns the pretraining ConfigDict for the variants in ``arg`` (see module docstring)."""
-  variants, settings = _parse_arg(arg)
+  variants, settings = config_arg.parse(arg, variants=VARIANTS, settings=("model",),
+                                        where="configs/pretrain.py")
   c = ml_collections.ConfigDict()
 
   # Data.
