@@ -38,17 +38,9 @@ def _text(value) -> str:
 def load_records(config):
   """(source, num_classes) of the configured split; builds the demo data when asked to."""
   from radimagenet_jax.data import pipeline
-  data_dir = config.data_dir or None
-  if config.build_dataset:
-    from radimagenet_jax.data import build
-    build.build(config.dataset, data_dir=data_dir)
-  source = pipeline.open_source(config.dataset, config.split, data_dir)
-  num_classes = config.num_classes
-  if not num_classes:
-    import tensorflow_datasets as tfds
-    num_classes = tfds.builder(config.dataset, data_dir=pipeline._default_data_dir()
-                               if data_dir is None else data_dir).info.features["label"].num_classes
-  return source, num_classes
+  source = pipeline.open_source(config.dataset, config.split, config.data_dir or None,
+                                build=config.build_dataset)
+  return source, config.num_classes or len(pipeline.class_names(source))
 
 
 def iterate_batches(source, config, preprocess_modes):

@@ -247,3 +247,13 @@ def test_preprocess_on_device_ships_pixels_that_preprocess_to_the_host_batches(a
     np.testing.assert_array_equal(p["label"], h["label"])
     on_device = jax.jit(lambda x: preprocess(x, "radimagenet"))(p["image"])
     np.testing.assert_allclose(np.asarray(on_device), h["image"], rtol=0, atol=1e-6)
+
+
+def test_open_source_builds_on_request_and_reads_the_class_names(tmp_path):
+  with pytest.raises(FileNotFoundError, match="radimagenet-jax build"):
+    pipeline.open_source("radimagenet_demo/lesion", "test", tmp_path)
+  source = pipeline.open_source("radimagenet_demo/lesion", "test", tmp_path, build=True)
+  assert len(source) == 90   # the documented test split
+  builder = tfds.builder("radimagenet_demo/lesion", data_dir=str(tmp_path))
+  assert pipeline.class_names(source) == builder.info.features["label"].names
+  assert len(pipeline.class_names(source)) == 2

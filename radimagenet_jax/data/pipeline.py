@@ -41,8 +41,8 @@ def _default_data_dir() -> str:
 
 
 def open_source(dataset: str, split: str, data_dir: str | os.PathLike | None = None, *,
-                decode: bool = True):
-  """Opens a built TFDS dataset as a random-access source (`tfds.data_source`); builds nothing.
+                decode: bool = True, build: bool = False):
+  """Opens a built TFDS dataset as a random-access source (`tfds.data_source`).
 
   Args:
     dataset: 'name' or 'name/config', e.g. 'radimagenet_demo/pretrain'.
@@ -50,12 +50,17 @@ def open_source(dataset: str, split: str, data_dir: str | os.PathLike | None = N
     data_dir: TFDS data dir; default $TFDS_DATA_DIR or ~/tensorflow_datasets.
     decode: True decodes images to uint8 numpy arrays in the source (TFDS uses PIL, no TensorFlow);
       False leaves them as encoded PNG/JPEG bytes, which make_loader decodes.
+    build: build the dataset first with `data.build.build` (a no-op when it is built already);
+      by default nothing is built and a missing dataset is an error.
 
   Returns:
     A sequence of records: dicts of numpy arrays (images HxWxC uint8), Python ints (ClassLabel) and
     bytes (Text).
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  if build:
+    from radimagenet_jax.data import build as build_lib  # pylint: disable=g-import-not-at-top
+    build_lib.build(dataset, data_dir=data_dir or None, progress=False)
   data_dir = os.path.expanduser(os.fspath(data_dir)) if data_dir else _default_data_dir()
   hint = (f"Build it first: radimagenet-jax build {dataset} --data_dir={data_dir}")
   try:
@@ -79,6 +84,11 @@ def open_source(dataset: str, split: str, data_dir: str | os.PathLike | None = N
   except (ValueError, KeyError) as e:
     raise ValueError(f"dataset {dataset!r} in {builder.data_dir}: bad split {split!r}; splits: "
                      f"{list(builder.info.splits)} ({e})") from e
+
+
+def class_names(source) -> list[str]:
+  """The 'label' class names of a source from `open_source` (its TFDS dataset_info)."""
+  return list(source.dataset_info.features["label"].names)
 
 
 def decode_image(value) -> np.ndarray:

@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from radimagenet_jax import distributed
+from radimagenet_jax.data import pipeline
 from radimagenet_jax.train import checkpoint as ckpt_lib
 from radimagenet_jax.train import metrics as metrics_lib
 from radimagenet_jax.train import optim, state as state_lib, steps
@@ -67,25 +68,13 @@ def _save_config(config, workdir):
 # ---- Input pipeline ------------------------------------------------------------------------------
 
 def _open(config, split):
-  from radimagenet_jax.data import pipeline
-  if config.build_dataset:
-    from radimagenet_jax.data import build
-    build.build(config.dataset, data_dir=config.data_dir or None, progress=False)
-  return pipeline.open_source(config.dataset, split, config.data_dir or None)
-
-
-def _class_names(source, config) -> list[str]:
-  info = getattr(source, "dataset_info", None)
-  if info is None:
-    import tensorflow_datasets as tfds
-    info = tfds.builder(config.dataset, data_dir=config.data_dir or None).info
-  return list(info.features["label"].names)
+  return pipeline.open_source(config.dataset, split, config.data_dir or None,
+                              build=config.build_dataset)
 
 
 def _eval_batches(config, source, mesh, batch_size):
   """Yields full-size global eval batches with a 0/1 'mask' (padding for the last batch). Every
   process yields the same number of batches, so collectives line up on multi-host."""
-  from radimagenet_jax.data import pipeline
   local_bs = distributed.process_batch_size(batch_size, mesh)
   loader = pipeline.make_loader(source, batch_size=local_bs, image_size=config.image_size,
                                 preprocess_mode=config.preprocess, shuffle=False, num_epochs=1,
@@ -157,7 +146,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   local_bs = distributed.process_batch_size(config.batch_size, mesh)
   train_source = _open(config, config.train_split)
   eval_source = _open(config, config.eval_split)
-  class_names = _class_names(train_source, config)
+  class_names = pipeline.class_names(train_source)
   num_classes = config.num_classes or len(class_names)
   steps_per_epoch, total_steps, warmup = _schedule_lengths(config, len(train_source))
 
@@ -179,7 +168,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_fn = steps.compile_train_step(model, tx, mesh, config.preprocess)
   eval_fn = steps.compile_eval_step(model, mesh, config.preprocess)
 
-  from radimagenet_jax.data import pipeline
   loader = pipeline.make_loader(train_source, batch_size=local_bs, image_size=config.image_size,
                                 preprocess_mode=config.preprocess, augment=config.augment,
                                 shuffle=True, seed=config.seed, num_epochs=None,
@@ -292,7 +280,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                             f"`radimagenet-jax pretrain --config=... --workdir={workdir}`.")
   mesh = distributed.make_mesh()
   source = _open(config, config.eval_split)
-  class_names = _class_names(source, config)
+  class_names = pipeline.class_names(source)
   num_classes = config.num_classes or len(class_names)
   ckpt_lib.check_identity(ckpt_lib.read_metadata(workdir, step), _identity(config, num_classes),
                           workdir)
