@@ -36,7 +36,7 @@ def _time(fn, repeats):
 
 def bench(name, size, batch, repeats):
   import radimagenet_jax as rij
-  from radimagenet_jax import gradcam as gc
+  from radimagenet_jax.explain import gradcam as gc
   model, variables = rij.models.create(name, num_classes=2)
   x = jax.random.normal(jax.random.key(0), (batch, size, size, 3))
   t = time.perf_counter()

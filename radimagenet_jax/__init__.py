@@ -4,17 +4,19 @@
     model, variables = rij.models.create("resnet50", num_classes=2, weights=None)
     logits = model.apply(variables, rij.data.preprocess(images_uint8), train=False)
 
-Submodules are imported on first use, so `radimagenet-jax --help` stays fast.
+Packages, from low to high (imports point one way; see README "Layout"):
+checkpoints, distributed -> models -> keras_io -> data -> train -> pretrain, finetune, evaluate,
+explain, export -> cli. Submodules are imported on first use, so `radimagenet-jax --help` stays fast.
 """
-import importlib
+from radimagenet_jax import _lazy
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("models", "keras_io", "data", "train", "gradcam", "stats", "distributed",
-               "segmentation_metrics", "plots")
-
-
-def __getattr__(name):
-  if name in _SUBMODULES:
-    return importlib.import_module(f"radimagenet_jax.{name}")
-  raise AttributeError(f"module 'radimagenet_jax' has no attribute {name!r}")
+__getattr__ = _lazy.attach(
+    __name__,
+    ("checkpoints", "config_arg", "distributed", "evaluate", "explain", "export", "finetune",
+     "data", "keras_io", "models", "pretrain", "train"),
+    # Names from before the packages existed, kept working.
+    {"gradcam": "radimagenet_jax.explain.gradcam", "plots": "radimagenet_jax.explain.plots",
+     "segmentation_metrics": "radimagenet_jax.explain.regions",
+     "stats": "radimagenet_jax.evaluate.paired"})

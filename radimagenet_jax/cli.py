@@ -74,8 +74,8 @@ def _evaluate(argv):
 
 def _gradcam(argv):
   config, workdir = _config_command(argv, "gradcam")
-  from radimagenet_jax import gradcam
-  gradcam.run(config, workdir)
+  from radimagenet_jax.explain import study
+  study.run(config, workdir)
 
 
 def _convert(argv):

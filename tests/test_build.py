@@ -9,7 +9,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from radimagenet_jax.data import build
-from radimagenet_jax.data import tfds_base
+from radimagenet_jax.data.build import tfds_base
 
 INSTRUCTIONS = "Download tiny_release.zip from example.org and unzip it into the manual dir."
 
@@ -39,7 +39,7 @@ class ManualStandIn(tfds_base.RadBuilder):
 
 @pytest.fixture(autouse=True)
 def stand_in(monkeypatch):
-  monkeypatch.setattr(build, "builder_class", lambda name: ManualStandIn)
+  monkeypatch.setattr(build.driver, "builder_class", lambda name: ManualStandIn)
 
 
 def _release(path):

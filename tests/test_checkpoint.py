@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from radimagenet_jax.train import checkpoint as ckpt_lib
+from radimagenet_jax import checkpoints as ckpt_lib
 
 
 def _variables(seed=0):

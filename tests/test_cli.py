@@ -6,7 +6,7 @@ import re
 import pytest
 
 from radimagenet_jax import cli
-from radimagenet_jax.train import checkpoint as ckpt_lib
+from radimagenet_jax import checkpoints as ckpt_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "pretrain.py")

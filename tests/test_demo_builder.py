@@ -15,7 +15,7 @@ from scipy import ndimage
 import tensorflow_datasets as tfds
 
 from radimagenet_jax.data import build
-from radimagenet_jax.data import tfds_base
+from radimagenet_jax.data.build import tfds_base
 from tfds_builders.radimagenet_demo import baseline
 from tfds_builders.radimagenet_demo import radimagenet_demo as demo
 from tfds_builders.radimagenet_demo import sources

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 import radimagenet_jax as rij
-from radimagenet_jax import gradcam as gc
-from radimagenet_jax import segmentation_metrics as sm
-from radimagenet_jax.models.common import classifier_head, tap
+from radimagenet_jax.explain import gradcam as gc
+from radimagenet_jax.explain import regions as sm
+from radimagenet_jax.models.base import classifier_head
+from radimagenet_jax.models.layers import tap
 
 
 class TinyNet(nn.Module):
@@ -282,7 +283,7 @@ def test_mask_size_mismatch_is_resized_nearest_and_flagged():
 # ----------------------------------------------------------------------------- pictures
 def test_overlay_and_panel_pngs(tmp_path):
   from PIL import Image
-  from radimagenet_jax import plots
+  from radimagenet_jax.explain import plots
   rng = np.random.default_rng(0)
   img = rng.normal(size=(3, 32, 32, 3))
   cams = rng.uniform(size=(3, 32, 32))
@@ -318,8 +319,8 @@ def _read_csv(path):
 def test_run_loads_a_checkpoint_and_matches_direct_computation(demo_data_dir, tmp_path):
   """One model from an Orbax checkpoint: the per-image numbers in per_image.csv equal Grad-CAM +
   threshold + Dice computed directly with the saved variables on the same images."""
-  from radimagenet_jax import gradcam_run
-  from radimagenet_jax.train import checkpoint
+  from radimagenet_jax.explain import study as gradcam_run
+  from radimagenet_jax import checkpoints as checkpoint
   model = rij.models.get_spec("resnet50").module_cls(num_classes=2)
   variables = random_variables(model, jnp.zeros((1, 32, 32, 3)), seed=5)
   checkpoint.save_variables(tmp_path / "ckpt", variables, model_name="resnet50", num_classes=2)
@@ -375,7 +376,7 @@ def test_cli_run_end_to_end_statistics_match_csv(demo_data_dir, tmp_path):
 def test_run_resizes_mismatched_masks_and_counts_them(monkeypatch, tmp_path):
   """A synthetic source (no TFDS): masks at half the image size are resized (nearest) and
   counted; one model only, so no comparison block."""
-  from radimagenet_jax import gradcam_run
+  from radimagenet_jax.explain import study as gradcam_run
   rng = np.random.default_rng(0)
   records = []
   for i in range(5):

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from radimagenet_jax.data import readers
+from radimagenet_jax.data.build import readers
 
 pydicom = pytest.importorskip("pydicom")
 data_store = pytest.importorskip("data_store")

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from radimagenet_jax import stats
+from radimagenet_jax.evaluate import paired as stats
 
 # Fixed paired Dice values (12 images): A is better on average.
 A = np.array([0.31, 0.12, 0.45, 0.27, 0.05, 0.38, 0.22, 0.40, 0.18, 0.33, 0.29, 0.26])

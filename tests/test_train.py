@@ -16,7 +16,7 @@ import pytest
 
 from radimagenet_jax import distributed
 from radimagenet_jax.models import registry
-from radimagenet_jax.train import checkpoint as ckpt_lib
+from radimagenet_jax import checkpoints as ckpt_lib
 from radimagenet_jax.train import loop, optim, state as state_lib, steps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,21 +1,19 @@
-"""Data: preprocessing modes, augmentations, grain pipelines, patient-grouped splits, TFDS builds.
+"""Run-time data: preprocessing modes, augmentation, grain pipelines, patient-grouped splits.
 
 `preprocess` is re-exported (`rij.data.preprocess(images, mode='radimagenet')`). The other submodules
-(augment, pipeline, splits, build, readers, tfds_base) are imported on first attribute access, so that
-importing the package stays cheap and does not pull in grain or TFDS.
+are imported on first attribute access, so importing the package does not pull in grain or TFDS:
+- `preprocess`: the preprocessing modes (FIDELITY.md); `images`: grey -> RGB and resizing;
+- `augment`: Keras ImageDataGenerator-exact augmentation; `pipeline`: TFDS source -> grain loader;
+- `splits`: grouped (patient-level) splits and folds;
+- `build/`: build-time only (TF-free TFDS builds, the builders' base class, DICOM/NIfTI readers).
 """
-import importlib
-
+from radimagenet_jax import _lazy
 from radimagenet_jax.data.preprocess import MODES as PREPROCESS_MODES
 from radimagenet_jax.data.preprocess import preprocess
 
-_SUBMODULES = ("augment", "pipeline", "splits", "build", "readers", "tfds_base")
-
-
-def __getattr__(name):
-  if name in _SUBMODULES:
-    return importlib.import_module(f"radimagenet_jax.data.{name}")
-  raise AttributeError(f"module 'radimagenet_jax.data' has no attribute {name!r}")
-
+_SUBMODULES = ("augment", "build", "images", "pipeline", "splits")
+__getattr__ = _lazy.attach(__name__, _SUBMODULES, {
+    "readers": "radimagenet_jax.data.build.readers",
+    "tfds_base": "radimagenet_jax.data.build.tfds_base"})
 
 __all__ = ["preprocess", "PREPROCESS_MODES", *_SUBMODULES]

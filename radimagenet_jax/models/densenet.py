@@ -13,8 +13,8 @@ uses the names a fresh Keras session gives them, ``zero_padding2d`` and ``zero_p
 """
 from __future__ import annotations
 
-from radimagenet_jax.models import common
-from radimagenet_jax.models.registry import ModelSpec, register
+from radimagenet_jax.models.base import KerasApplication
+from radimagenet_jax.models.registry import register
 
 BN_EPSILON = 1.001e-5
 GROWTH_RATE = 32
@@ -45,10 +45,14 @@ def transition_block(L, x, reduction, name):
   return L.avg_pool(x, 2, strides=2, name=f"{name}_pool")
 
 
-class DenseNet121(common.KerasApplication):
+@register
+class DenseNet121(KerasApplication):
   """keras.applications.DenseNet121 backbone + GAP / Dropout / Dense head (see KerasApplication)."""
   spec_name = "densenet121"
+  keras_application = "DenseNet121"
   min_size = 32
+  default_size = 224
+  feature_layer = "relu"
   bn_epsilon = BN_EPSILON
   bn_scale = True
 
@@ -71,8 +75,3 @@ class DenseNet121(common.KerasApplication):
     x = L.bn(x, name="bn")
     return L.act(x, "relu", name="relu")
 
-
-SPEC = register(ModelSpec(
-    name="densenet121", module_cls=DenseNet121, keras_layers=DenseNet121.layer_table,
-    min_size=DenseNet121.min_size, default_size=224, feature_layer="relu",
-    keras_application="DenseNet121"))

@@ -2,7 +2,7 @@
 
 Read it side by side with keras/src/applications/inception_resnet_v2.py: ``conv2d_bn`` and
 ``inception_resnet_block`` are Keras's, written over the layer vocabulary ``L`` of
-``common.KerasApplication``. What decides numerical parity (FIDELITY.md): convolutions without bias
+``base.KerasApplication``. What decides numerical parity (FIDELITY.md): convolutions without bias
 except the ``block*_conv`` up-projections (which have a bias and no BatchNorm); BatchNorm epsilon
 1e-3 with ``scale=False``; no zero padding layers; 'same' average pools exclude the padding; the
 residual branch is scaled by 0.17 (block35), 0.1 (block17) and 0.2 (block8), and the last block,
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from radimagenet_jax.models.inception_v3 import BN_EPSILON
 from radimagenet_jax.models.keras_graph import KerasGraphApplication
-from radimagenet_jax.models.registry import ModelSpec, register
+from radimagenet_jax.models.registry import register
 
 BLOCK_SCALES = {"block35": 0.17, "block17": 0.1, "block8": 0.2}
 
@@ -128,10 +128,14 @@ def mixed_7a(L, x):
   return L.concat([branch_0, branch_1, branch_2, branch_pool], name="mixed_7a")
 
 
+@register
 class InceptionResNetV2(KerasGraphApplication):
   """keras.applications.InceptionResNetV2 backbone + GAP / Dropout / Dense head."""
   spec_name = "inception_resnet_v2"
+  keras_application = "InceptionResNetV2"
   min_size = 75
+  default_size = 299
+  feature_layer = "conv_7b_ac"
   bn_epsilon = BN_EPSILON
   bn_scale = False
 
@@ -151,8 +155,3 @@ class InceptionResNetV2(KerasGraphApplication):
     x = inception_resnet_block(L, x, 1.0, "block8", 10, activation=None)
     return conv2d_bn(L, x, 1536, 1, name="conv_7b")
 
-
-SPEC = register(ModelSpec(
-    name="inception_resnet_v2", module_cls=InceptionResNetV2,
-    keras_layers=InceptionResNetV2.layer_table, min_size=InceptionResNetV2.min_size,
-    default_size=299, feature_layer="conv_7b_ac", keras_application="InceptionResNetV2"))

@@ -2,7 +2,7 @@
 
 Read it side by side with keras/src/applications/inception_v3.py: ``conv2d_bn`` and the
 ``mixed*`` blocks below are Keras's, written over the layer vocabulary ``L`` of
-``common.KerasApplication`` (executed by ``common.FlaxLayers``). What decides numerical parity
+``base.KerasApplication`` (executed by ``layers.FlaxLayers``). What decides numerical parity
 (FIDELITY.md): convolutions without bias, BatchNorm epsilon 1e-3 with ``scale=False`` (no gamma),
 no zero padding layers, and 3x3 'same' average pools that exclude the padding from the mean.
 
@@ -26,7 +26,7 @@ kept: ``mixed0``..``mixed10``, ``mixed9_0``, ``mixed9_1``.
 from __future__ import annotations
 
 from radimagenet_jax.models.keras_graph import KerasGraphApplication
-from radimagenet_jax.models.registry import ModelSpec, register
+from radimagenet_jax.models.registry import register
 
 BN_EPSILON = 1e-3
 
@@ -133,10 +133,14 @@ def stem(L, x):
   return max_pool_3x3(L, x, name="stem_pool_5a")
 
 
+@register
 class InceptionV3(KerasGraphApplication):
   """keras.applications.InceptionV3 backbone + GAP / Dropout / Dense head (see KerasApplication)."""
   spec_name = "inception_v3"
+  keras_application = "InceptionV3"
   min_size = 75
+  default_size = 299
+  feature_layer = "mixed10"
   bn_epsilon = BN_EPSILON
   bn_scale = False
 
@@ -156,8 +160,3 @@ class InceptionV3(KerasGraphApplication):
     x = mixed_8x8(L, x, 0)
     return mixed_8x8(L, x, 1)
 
-
-SPEC = register(ModelSpec(
-    name="inception_v3", module_cls=InceptionV3, keras_layers=InceptionV3.layer_table,
-    min_size=InceptionV3.min_size, default_size=299, feature_layer="mixed10",
-    keras_application="InceptionV3"))

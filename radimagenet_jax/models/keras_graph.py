@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from radimagenet_jax.models import common
+from radimagenet_jax.models.base import KerasApplication
+from radimagenet_jax.models.layers import KerasLayer, LayerTable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,7 +22,7 @@ class GraphTensor:
 
 
 def _recorded(method: str):
-  """A ``KerasGraph`` layer method: records the layer with ``common.LayerTable`` (name, kind,
+  """A ``KerasGraph`` layer method: records the layer with ``LayerTable`` (name, kind,
   parameter paths, output channels) and remembers which layers feed it."""
 
   def record(self, x, *args, name, **kwargs):
@@ -38,10 +39,10 @@ def _recorded(method: str):
 
 class KerasGraph:
   """Records a ``backbone(L, x)`` as a Keras functional graph; ``ordered()`` returns the layer
-  table in Keras's ``model.layers`` order. Same vocabulary as ``common.LayerTable``."""
+  table in Keras's ``model.layers`` order. Same vocabulary as ``LayerTable``."""
 
   def __init__(self, bn_scale: bool):
-    self.table = common.LayerTable(bn_scale=bn_scale)
+    self.table = LayerTable(bn_scale=bn_scale)
     self.inputs: dict[str, tuple[str, ...]] = {}
 
   @staticmethod
@@ -63,7 +64,7 @@ class KerasGraph:
   zero_pad = _recorded("zero_pad")
   global_avg_pool = _recorded("global_avg_pool")
 
-  def ordered(self, output: GraphTensor) -> list[common.KerasLayer]:
+  def ordered(self, output: GraphTensor) -> list[KerasLayer]:
     by_name = {layer.name: layer for layer in self.table.layers}
     return [by_name[name] for name in keras_order(self.inputs, output.layer)]
 
@@ -98,11 +99,11 @@ def keras_order(inputs: dict[str, tuple[str, ...]], output: str) -> list[str]:
   return sorted(finished, key=lambda name: (-depth[name], first_seen[name]))
 
 
-class KerasGraphApplication(common.KerasApplication):
+class KerasGraphApplication(KerasApplication):
   """A KerasApplication whose layer table is sorted like Keras's graph (branching networks)."""
 
   @classmethod
-  def layer_table(cls) -> list[common.KerasLayer]:
+  def layer_table(cls) -> list[KerasLayer]:
     """keras_layers(): the backbone's layers plus the 'avg_pool' of pooling='avg', Keras order."""
     graph = KerasGraph(cls.bn_scale)
     x = cls.backbone(graph, None)

@@ -1,30 +1,40 @@
-"""Model registry: name -> (Flax module class, Keras layer table, metadata).
+"""Model registry: name -> architecture class, and ``create`` (build + init + load weights).
 
-Each architecture module registers itself with ``register``; ``create`` builds the module,
-initialises variables and optionally loads weights (a Keras .h5 file or an Orbax checkpoint).
+Each architecture class declares its metadata once as class attributes (``base.KerasApplication``)
+and registers itself with the ``@register`` class decorator; ``ModelSpec`` is a read-only view of
+those attributes. ``create`` builds the module, initialises variables (``init_variables``, the one
+model-init helper) and optionally loads weights: the ONE lazy import of the package's lower layers
+sits there (Keras .h5 files through ``keras_io``, which itself builds on ``models``).
+Orbax checkpoints come through ``radimagenet_jax.checkpoints``, a lower layer.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import os
-from typing import Callable, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 
-from radimagenet_jax.models.common import KerasLayer
+from radimagenet_jax.models.layers import KerasLayer
+
+VARIABLE_COLLECTIONS = ("params", "batch_stats")
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-  name: str
-  module_cls: type                       # flax.linen.Module subclass
-  keras_layers: Callable[[], Sequence[KerasLayer]]  # pooling='avg' table, model.layers order
-  min_size: int                          # smallest input side keras.applications accepts
-  default_size: int                      # the ImageNet default (224 or 299)
-  feature_layer: str                     # last layer of the notop model (Grad-CAM default)
-  keras_application: str                 # keras.applications attribute, e.g. 'ResNet50'
+  """What the registry knows about an architecture: its class, whose attributes are the metadata."""
+  module_cls: type  # a base.KerasApplication subclass
+
+  name = property(lambda self: self.module_cls.spec_name)
+  min_size = property(lambda self: self.module_cls.min_size)
+  default_size = property(lambda self: self.module_cls.default_size)
+  feature_layer = property(lambda self: self.module_cls.feature_layer)
+  keras_application = property(lambda self: self.module_cls.keras_application)
+
+  def keras_layers(self) -> Sequence[KerasLayer]:
+    return self.module_cls.layer_table()
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -32,20 +42,16 @@ _ALIASES = {"irv2": "inception_resnet_v2", "inceptionv3": "inception_v3",
             "inceptionresnetv2": "inception_resnet_v2"}
 
 
-def register(spec: ModelSpec) -> ModelSpec:
-  _REGISTRY[spec.name] = spec
-  return spec
+def register(module_cls: type) -> type:
+  """Class decorator: makes ``module_cls`` available by its ``spec_name``."""
+  _REGISTRY[module_cls.spec_name] = ModelSpec(module_cls)
+  return module_cls
 
 
 def _ensure_loaded():
-  # Importing the architecture modules registers them.
-  from radimagenet_jax.models import resnet  # noqa: F401
-  for mod in ("densenet", "inception_v3", "inception_resnet_v2"):
-    try:
-      __import__(f"radimagenet_jax.models.{mod}")
-    except ModuleNotFoundError as e:
-      if e.name != f"radimagenet_jax.models.{mod}":
-        raise
+  # Importing the architecture modules registers them (they import this module, so not at the top).
+  from radimagenet_jax.models import (densenet, inception_resnet_v2, inception_v3,  # noqa: F401
+                                      resnet)
 
 
 def names() -> list[str]:
@@ -77,11 +83,14 @@ def _jitted_init(model, size: int):
 
 def init_variables(model, rng=None, input_size: int | None = None):
   """Random init (params + batch_stats) with a tiny batch."""
-  spec = get_spec(model.spec_name)
-  size = input_size or spec.min_size
+  size = input_size or type(model).min_size
   rng = jax.random.key(0) if rng is None else rng
-  variables = _jitted_init(model, size)(rng)
-  return {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+  return variables_only(_jitted_init(model, size)(rng))
+
+
+def variables_only(tree: Mapping[str, Any]) -> dict[str, Any]:
+  """The model variables ({'params', 'batch_stats'}) of a larger collection dict."""
+  return {k: tree[k] for k in VARIABLE_COLLECTIONS if k in tree}
 
 
 def create(name: str, num_classes: int = 1000, weights: str | os.PathLike | None = None, *,
@@ -99,10 +108,10 @@ def create(name: str, num_classes: int = 1000, weights: str | os.PathLike | None
     return model, variables
   path = os.fspath(weights)
   if os.path.isdir(path):
-    from radimagenet_jax.train import checkpoint
-    loaded = checkpoint.load_variables(path, spec.name)
+    from radimagenet_jax import checkpoints  # a lower layer; lazy only to keep imports light
+    loaded = checkpoints.load_variables(path, spec.name)
   elif os.path.isfile(path):
-    from radimagenet_jax import keras_io
+    from radimagenet_jax import keras_io  # the documented lazy import (keras_io builds on models)
     loaded = keras_io.load_h5(path, spec.name)
   else:
     raise FileNotFoundError(f"weights={path!r}: no such file or directory; expected a Keras .h5 "

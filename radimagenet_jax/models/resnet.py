@@ -9,8 +9,8 @@ zeros explicitly and then runs the 7x7 conv and the 3x3 max pool with 'valid' pa
 """
 from __future__ import annotations
 
-from radimagenet_jax.models import common
-from radimagenet_jax.models.registry import ModelSpec, register
+from radimagenet_jax.models.base import KerasApplication
+from radimagenet_jax.models.registry import register
 
 BN_EPSILON = 1.001e-5
 
@@ -48,10 +48,14 @@ def stack1(L, x, filters, blocks, stride1=2, name=""):
   return x
 
 
-class ResNet50(common.KerasApplication):
+@register
+class ResNet50(KerasApplication):
   """keras.applications.ResNet50 backbone + GAP / Dropout / Dense head (see KerasApplication)."""
   spec_name = "resnet50"
+  keras_application = "ResNet50"
   min_size = 32
+  default_size = 224
+  feature_layer = "conv5_block3_out"
   bn_epsilon = BN_EPSILON
   bn_scale = True
 
@@ -69,8 +73,3 @@ class ResNet50(common.KerasApplication):
     x = stack1(L, x, 256, 6, name="conv4")
     return stack1(L, x, 512, 3, name="conv5")
 
-
-SPEC = register(ModelSpec(
-    name="resnet50", module_cls=ResNet50, keras_layers=ResNet50.layer_table,
-    min_size=ResNet50.min_size, default_size=224, feature_layer="conv5_block3_out",
-    keras_application="ResNet50"))

@@ -18,7 +18,7 @@ import numpy as np
 
 from radimagenet_jax import distributed
 from radimagenet_jax.data import pipeline
-from radimagenet_jax.train import checkpoint as ckpt_lib
+from radimagenet_jax import checkpoints as ckpt_lib
 from radimagenet_jax.train import metrics as metrics_lib
 from radimagenet_jax.train import optim, state as state_lib, steps
 

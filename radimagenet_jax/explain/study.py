@@ -23,9 +23,13 @@ import os
 import jax
 import numpy as np
 
-from radimagenet_jax import gradcam as gc
-from radimagenet_jax import segmentation_metrics as sm
-from radimagenet_jax import stats
+from radimagenet_jax import models
+from radimagenet_jax.data import pipeline
+from radimagenet_jax.data.preprocess import preprocess
+from radimagenet_jax.evaluate import paired as stats
+from radimagenet_jax.explain import gradcam as gc
+from radimagenet_jax.explain import plots
+from radimagenet_jax.explain import regions as sm
 
 ID_KEYS = ("source_id", "file_name", "patient_id")
 TARGETS = ("predicted", "label")
@@ -37,7 +41,6 @@ def _text(value) -> str:
 
 def load_records(config):
   """(source, num_classes) of the configured split; builds the demo data when asked to."""
-  from radimagenet_jax.data import pipeline
   source = pipeline.open_source(config.dataset, config.split, config.data_dir or None,
                                 build=config.build_dataset)
   return source, config.num_classes or len(pipeline.class_names(source))
@@ -47,8 +50,6 @@ def iterate_batches(source, config, preprocess_modes):
   """Yields dicts: 'images' {mode: float32 (B, S, S, 3)}, 'masks' bool (B, S, S), 'labels',
   'ids', 'indices', 'resized' (mask size != image size). The last batch is padded to the batch
   size (flag 'valid') so that one compiled Grad-CAM serves every batch."""
-  from radimagenet_jax.data import pipeline
-  from radimagenet_jax.data.preprocess import preprocess
   n = len(source) if not config.max_images else min(config.max_images, len(source))
   size = (config.image_size, config.image_size)
   bs = config.batch_size
@@ -78,7 +79,6 @@ def iterate_batches(source, config, preprocess_modes):
 
 
 def _models(config, num_classes):
-  from radimagenet_jax import models
   out = []
   for key in ("model_a", "model_b"):
     m = config[key]
@@ -106,7 +106,6 @@ def _summary_block(dice, iou, empty, include_empty):
 
 def run(config, workdir: str):
   """Runs the configured Grad-CAM evaluation; returns the summary dict (also in summary.json)."""
-  from radimagenet_jax import plots
   if config.target not in TARGETS:
     raise ValueError(f"config.target={config.target!r}; expected one of {TARGETS}.")
   os.makedirs(workdir, exist_ok=True)

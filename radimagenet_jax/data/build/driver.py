@@ -19,7 +19,7 @@ import inspect
 import os
 import shutil
 
-from radimagenet_jax.data import tfds_base
+from radimagenet_jax.data.build import tfds_base
 
 FILE_FORMAT = "array_record"
 

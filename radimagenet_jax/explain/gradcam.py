@@ -5,7 +5,7 @@
     maps = rij.gradcam.gradcam(model, variables, images)        # (B, H, W) in [0, 1]
 
 The gradient with respect to a layer's output comes from the ``tap`` points of the models
-(models/common.py): a zero ``perturbations['layers'][layer]`` is added to that output, and the
+(models/layers.py): a zero ``perturbations['layers'][layer]`` is added to that output, and the
 gradient of the class score with respect to the perturbation is the gradient with respect to the
 activation. One jitted function per (model, layer, score) computes the whole batch: forward pass,
 backward pass, weights, ReLU, bilinear resize and scaling.
@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from radimagenet_jax.models import registry
+
 SCORES = ("logit", "softmax")
 
 
@@ -41,7 +43,6 @@ class GradCamResult(NamedTuple):
 
 def default_layer(model) -> str:
   """The paper's Grad-CAM layer: the last layer of the notop model (the spec's feature_layer)."""
-  from radimagenet_jax.models import registry
   name = getattr(model, "spec_name", None)
   if name is None:
     raise ValueError(f"{type(model).__name__} has no spec_name, so there is no default Grad-CAM "
@@ -130,7 +131,7 @@ def gradcam_full(model, variables, images, layer: str | None = None, target=None
   """Grad-CAM with its by-products (layer-resolution maps, logits, explained classes, A).
 
   Args:
-    model: a Flax model whose layers go through ``common.tap`` (the four registered models).
+    model: a Flax model whose layers go through ``models.tap`` (the four registered models).
     variables: {'params', 'batch_stats'}; other collections are ignored. BatchNorm runs in
       inference mode.
     images: float32 (B, H, W, 3), preprocessed like the model's training data.
@@ -157,10 +158,3 @@ def gradcam(model, variables, images, layer: str | None = None, target=None,
   layer names.
   """
   return gradcam_full(model, variables, images, layer, target, score).maps
-
-
-def run(config, workdir: str):
-  """`radimagenet-jax gradcam`: maps, Dice/IoU per image, statistics and pictures (see
-  radimagenet_jax/gradcam_run.py)."""
-  from radimagenet_jax import gradcam_run
-  return gradcam_run.run(config, workdir)

@@ -23,6 +23,7 @@ CHECKPOINT_SUBDIR = "checkpoints"
 VARIABLES, TRAIN, DATA_ITER, METADATA = "variables", "train", "data_iter", "metadata"
 # Fields that must match between a workdir's checkpoint and the config that wants to resume it.
 IDENTITY_KEYS = ("model_name", "num_classes", "image_size")
+VARIABLE_COLLECTIONS = ("params", "batch_stats")  # what a checkpoint's `variables` item holds
 
 
 class CheckpointMismatchError(ValueError):
@@ -130,7 +131,7 @@ def save_variables(directory: str | os.PathLike, variables, *, model_name: str, 
   """Writes model variables as an Orbax checkpoint that ``load_variables`` (and
   ``models.create(weights=directory)``) reads. Returns the step folder written (step 0)."""
   directory = os.path.abspath(os.fspath(directory))
-  variables = {k: variables[k] for k in ("params", "batch_stats") if k in variables}
+  variables = {k: variables[k] for k in VARIABLE_COLLECTIONS if k in variables}
   metadata = {"model_name": model_name, "num_classes": int(num_classes), "step": 0,
               **dict(extra_metadata or {})}
   with manager(directory) as mngr:
@@ -154,14 +155,9 @@ def load_variables(directory: str | os.PathLike, model_name: str | None = None,
       raise FileNotFoundError(f"{ckpt_dir}: no complete checkpoint step found.")
     meta = dict(mngr.restore(step, args=ocp.args.Composite(
         **{METADATA: ocp.args.JsonRestore()}))[METADATA])
-    if model_name is not None:
-      from radimagenet_jax.models import registry
-      try:
-        wanted = registry.get_spec(model_name).name
-      except Exception:  # registry unavailable or alias unknown: compare the given name
-        wanted = model_name
-      check_identity(meta, {"model_name": wanted}, os.fspath(directory))
+    if model_name is not None:  # the canonical registry name (models.create passes spec.name)
+      check_identity(meta, {"model_name": model_name}, os.fspath(directory))
     restored = mngr.restore(step, args=ocp.args.Composite(
         **{VARIABLES: ocp.args.StandardRestore()}))[VARIABLES]
   return {k: jax.tree.map(lambda a: jax.device_get(a), restored[k])
-          for k in ("params", "batch_stats") if k in restored}
+          for k in VARIABLE_COLLECTIONS if k in restored}

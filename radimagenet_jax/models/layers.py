@@ -1,8 +1,12 @@
-"""Building blocks shared by the four Flax ports of keras.applications.
+"""The Keras layer vocabulary and its two interpreters, shared by the four Flax ports.
 
-Every model is ONE flat Linen module: layers are created inside the top module's compact scope with
-the Keras layer name (``conv5_block3_2_conv``), so parameter paths read like the Keras model and
-the Keras layer table (``keras_layers``) maps directly onto variable subtrees.
+An architecture is written ONCE as Keras-style block functions over a layer vocabulary ``L``
+(``L.conv``, ``L.bn``, ``L.act``, ...). ``FlaxLayers`` executes it inside the model's compact scope;
+``LayerTable`` records the same calls as the Keras layer table (``keras_layers``). The table therefore
+cannot drift from the model, and the parity tests check it against Keras. (The ONNX exporter is a third
+interpreter of the same vocabulary.) Block functions must call the layers in keras ``model.layers``
+order (topological order, which is not always creation order, e.g. ResNet's ``_0_conv`` comes after
+``_2_relu``).
 
 Every Keras layer output, weighted or not, goes through ``tap(module, name, x)``: it records the
 value in the ``intermediates`` collection (only when that collection is mutable) and adds the
@@ -12,15 +16,14 @@ matching ``perturbations`` variable when one is passed in. That gives any layer'
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
+
+from radimagenet_jax.models.batchnorm import BATCH_STATS, KerasBatchNorm, bn_uses_running_average
 
 # Collections a model uses. Param paths are (collection, keras_layer_name, variable_name).
 PARAMS = "params"
-BATCH_STATS = "batch_stats"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,52 +62,6 @@ def tap(module: nn.Module, name: str, x):
   return x
 
 
-def bn_uses_running_average(module: nn.Module, name: str, train: bool) -> bool:
-  """Keras semantics: a BatchNorm layer runs in inference mode when the model is not training,
-  or when the layer is frozen (listed in the model's ``frozen_bn`` field, or ``frozen_bn == ('*',)``)."""
-  frozen = getattr(module, "frozen_bn", ())
-  return (not train) or ("*" in frozen) or (name in frozen)
-
-
-def check_min_size(x, min_size: int, model_name: str):
-  # The shape check comes first: a 3-D input would otherwise fail with an IndexError.
-  if x.ndim != 4 or x.shape[-1] != 3:
-    raise ValueError(f"{model_name}: expected NHWC input with 3 channels, got shape {x.shape}.")
-  h, w = x.shape[1], x.shape[2]
-  if h < min_size or w < min_size:
-    raise ValueError(
-        f"{model_name}: input spatial size {h}x{w} is below the minimum {min_size}x{min_size} "
-        f"of the keras.applications architecture; resize the images to at least {min_size}.")
-
-
-def classifier_head(module: nn.Module, features, num_classes: int, dropout_rate: float,
-                    train: bool, dtype):
-  """GAP -> Dropout -> Dense(num_classes), the paper's head. Returns logits (no softmax).
-
-  Named like keras: 'avg_pool' (GlobalAveragePooling2D, part of the pooling='avg' backbone),
-  'dropout' and 'predictions' (the head).
-  """
-  x = tap(module, "avg_pool", jnp.mean(features.astype(jnp.float32), axis=(1, 2)))
-  x = nn.Dropout(dropout_rate, deterministic=not train, name="dropout")(x)
-  x = nn.Dense(num_classes, dtype=dtype, name="predictions")(x)
-  return x.astype(jnp.float32)
-
-
-HEAD_PARAM_LAYERS: Sequence[str] = ("predictions",)
-
-
-# ---------------------------------------------------------------------------------------------
-# One vocabulary of Keras layers, two interpreters.
-#
-# An architecture is written ONCE as Keras-style block functions over a layer vocabulary ``L``
-# (``L.conv``, ``L.bn``, ``L.act``, ...). ``FlaxLayers`` executes it inside the model's compact
-# scope; ``LayerTable`` records the same calls as the Keras layer table (``keras_layers``). The
-# table therefore cannot drift from the model, and the parity tests check it against Keras.
-# Block functions must call the layers in keras ``model.layers`` order (topological order, which
-# is not always creation order, e.g. ResNet's ``_0_conv`` comes after ``_2_relu``).
-# ---------------------------------------------------------------------------------------------
-
-
 def _pair(v):
   return (v, v) if isinstance(v, int) else tuple(v)
 
@@ -119,46 +76,6 @@ def _pads(padding):
 
 
 _ACTIVATIONS = {"relu": nn.relu, "linear": lambda x: x}
-
-
-class KerasBatchNorm(nn.Module):
-  """keras.layers.BatchNormalization (channels last) with Keras's arithmetic, Flax's variable names.
-
-  Variables: params ``scale`` (gamma, only with ``use_scale``) and ``bias`` (beta), batch_stats
-  ``mean`` and ``var``, as in ``nn.BatchNorm``. Unlike ``nn.BatchNorm`` the output is computed as
-  Keras does, ``x * inv + (beta - mean * inv)`` with ``inv = gamma / sqrt(var + eps)``, in float32
-  whatever the compute dtype: with batch statistics over few samples, ``(x - mean) * inv`` rounds
-  differently enough to reach relative errors of ~6e-5 after 50 layers; the Keras form matches
-  keras.applications to the last bit on CPU. Batch statistics are the exact two-pass mean and
-  (biased) variance; under ``jit`` with a sharded batch they are global (sync BatchNorm).
-  """
-  use_running_average: bool
-  momentum: float = 0.99
-  epsilon: float = 1e-3
-  use_scale: bool = True
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    features = (x.shape[-1],)
-    ra_mean = self.variable(BATCH_STATS, "mean", jnp.zeros, features, jnp.float32)
-    ra_var = self.variable(BATCH_STATS, "var", jnp.ones, features, jnp.float32)
-    scale = (self.param("scale", nn.initializers.ones, features, jnp.float32)
-             if self.use_scale else None)
-    bias = self.param("bias", nn.initializers.zeros, features, jnp.float32)
-    x32 = x.astype(jnp.float32)
-    if self.use_running_average:
-      mean, var = ra_mean.value, ra_var.value
-    else:
-      axes = tuple(range(x.ndim - 1))
-      mean, var = jnp.mean(x32, axes), jnp.var(x32, axes)
-      if not self.is_initializing():
-        ra_mean.value = ra_mean.value * self.momentum + mean * (1.0 - self.momentum)
-        ra_var.value = ra_var.value * self.momentum + var * (1.0 - self.momentum)
-    inv = jax.lax.rsqrt(var + self.epsilon)
-    if scale is not None:
-      inv = inv * scale
-    return (x32 * inv + (bias - mean * inv)).astype(self.dtype)
 
 
 class FlaxLayers:
@@ -292,45 +209,3 @@ class LayerTable:
   def global_avg_pool(self, x, *, name="avg_pool"):
     self._add(name, "GlobalAveragePooling2D")
     return x
-
-
-class KerasApplication(nn.Module):
-  """Base of the flat Flax ports: the shared fields, ``__call__`` (backbone + paper head) and
-  ``features``. Subclasses set ``spec_name``, ``min_size``, ``bn_epsilon``, ``bn_scale`` and
-  implement ``backbone(L, x)`` as a staticmethod: Keras-style block functions over the
-  vocabulary ``L``, returning the last feature map of the notop model.
-  """
-  num_classes: int = 1000
-  dropout_rate: float = 0.5
-  dtype: Any = jnp.float32
-  frozen_bn: tuple[str, ...] = ()
-
-  spec_name = ""
-  min_size = 32
-  bn_epsilon = 1e-3
-  bn_scale = True
-
-  @staticmethod
-  def backbone(L, x):
-    raise NotImplementedError("KerasApplication subclasses must implement backbone(L, x).")
-
-  @classmethod
-  def layer_table(cls) -> list[KerasLayer]:
-    """keras_layers(): the backbone's layers plus the 'avg_pool' of pooling='avg'."""
-    table = LayerTable(cls.bn_epsilon, cls.bn_scale)
-    x = cls.backbone(table, None)  # placeholders only: nothing is computed
-    table.global_avg_pool(x, name="avg_pool")
-    return table.layers
-
-  @nn.compact
-  def __call__(self, x, train: bool = False, *, features_only: bool = False):
-    check_min_size(x, self.min_size, self.spec_name)
-    L = FlaxLayers(self, train, self.bn_epsilon, self.bn_scale)
-    x = self.backbone(L, x)
-    if features_only:
-      return x
-    return classifier_head(self, x, self.num_classes, self.dropout_rate, train, self.dtype)
-
-  def features(self, x, train: bool = False):
-    """The last feature map of the Keras notop model (compute dtype, NHWC)."""
-    return self(x, train, features_only=True)

@@ -1,0 +1,25 @@
+"""Keras HDF5 weight files <-> Flax variables, with h5py only (Keras is never imported).
+
+Formats read (all as written by `model.save` / `model.save_weights`):
+  keras2-model     Keras 2 full model (`model_weights` group, `:0` suffixes): the official
+                   `RadImageNet-*_notop.h5` files.
+  keras2-weights   Keras 2 weights only (`save_weights('x.h5')`): the same groups at the root;
+                   Keras's own ImageNet files (`*_notop.h5`) are of this kind.
+  keras3-model / keras3-weights
+                   the legacy layouts as Keras 3 writes them (no `:0`).
+  keras3           Keras 3 `.weights.h5`: `layers/<class name>[_N]/vars/0..n`, a `name` attribute
+                   on each `vars` group; also read from inside a Keras 3 `.keras` archive.
+
+Weights are matched to the model BY ORDER, as Keras does (FIDELITY.md): the legacy layouts list the
+layers in `model.layers` order and the i-th layer that carries weights goes to the i-th weighted
+layer of `rij.models.keras_layers(name)`; in `.weights.h5` the group key is the class name plus a
+per-class counter (`conv2d_57` is the 58th Conv2D), so the k-th Conv2D of the table takes the k-th
+`conv2d*` group. Layer names stored in the file are never used for matching: InceptionV3 and IRV2
+names are auto-generated and differ between sessions. Every shape is checked.
+"""
+from radimagenet_jax.keras_io.convert import convert
+from radimagenet_jax.keras_io.describe import describe
+from radimagenet_jax.keras_io.load import load_h5
+from radimagenet_jax.keras_io.save import save_h5
+
+__all__ = ["convert", "describe", "load_h5", "save_h5"]

@@ -1,0 +1,147 @@
+"""Reading and writing the HDF5 layouts of Keras weight files: layers, weight names, attributes."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import io
+import os
+import re
+import zipfile
+
+import h5py
+import numpy as np
+
+
+# Keras variable names of each (layer kind, Flax variable), in Keras weight order.
+_KERAS_VAR_NAMES = {"kernel": "kernel", "bias": "bias", "scale": "gamma", "mean": "moving_mean",
+                    "var": "moving_variance"}
+_BN_VAR_NAMES = {"bias": "beta"}  # BatchNormalization's Flax 'bias' is Keras's 'beta'
+_WEIGHTS_H5_ROOTS = ("layers", "_layer_checkpoint_dependencies")  # Keras 3 / Keras 2.13 "v3"
+
+
+@dataclasses.dataclass
+class _FileLayer:
+  """One layer of a weight file that carries weights."""
+  name: str                  # the layer name stored in the file (informative only)
+  weights: list              # [(weight name, h5py.Dataset)] in Keras weight order
+  cls: str | None = None     # snake-case class ('conv2d') for .weights.h5, else None
+
+  @property
+  def shapes(self):
+    return [tuple(d.shape) for _, d in self.weights]
+
+
+@dataclasses.dataclass
+class _FileContents:
+  path: str
+  format: str
+  attrs: dict                # keras_version, backend (strings), when present
+  num_layers: int            # all layers the file lists, weightless ones included
+  layers: list               # [_FileLayer] with weights; legacy: model order, keras3: per class
+
+
+def _str(v):
+  return v.decode("utf8") if isinstance(v, bytes) else str(v)
+
+
+def _snake(name: str) -> str:
+  # Same as keras.src.utils.naming.to_snake_case, which names the .weights.h5 groups.
+  name = re.sub(r"\W+", "", name)
+  name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+  return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def _read_attr_list(group, name):
+  """A list-valued attribute, also when Keras split it in chunks (`layer_names0`, `1`, ...)
+  because it exceeded the 64 KB HDF5 object-header limit (IRV2's 780 layer names do)."""
+  if name in group.attrs:
+    values = list(group.attrs[name])
+  else:
+    values, i = [], 0
+    while f"{name}{i}" in group.attrs:
+      values += list(group.attrs[f"{name}{i}"])
+      i += 1
+  return [_str(v) for v in values]
+
+
+def _write_attr_list(group, name, values):
+  data = np.asarray([v.encode("utf8") for v in values]) if values else np.zeros((0,), "float64")
+  chunks = 1
+  while any(c.nbytes > 64512 for c in np.array_split(data, chunks)):
+    chunks += 1
+  if chunks == 1:
+    group.attrs[name] = data
+  else:
+    for i, c in enumerate(np.array_split(data, chunks)):
+      group.attrs[f"{name}{i}"] = c
+
+
+def _open(path):
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path}: no such file; expected a Keras .h5 or .weights.h5 file.")
+  if zipfile.is_zipfile(path):  # a Keras 3 `.keras` archive: its weights are model.weights.h5
+    with zipfile.ZipFile(path) as z:
+      if "model.weights.h5" not in z.namelist():
+        raise ValueError(f"{path}: a zip archive without model.weights.h5; expected a Keras .h5, "
+                         f".weights.h5 or .keras file.")
+      return h5py.File(io.BytesIO(z.read("model.weights.h5")), "r")
+  try:
+    return h5py.File(path, "r")
+  except OSError as e:
+    raise ValueError(f"{path}: not a readable HDF5 file ({e}); the file is truncated, corrupt or "
+                     f"not a Keras weight file (.h5 / .weights.h5).") from None
+
+
+def _parse(f, path) -> _FileContents:
+  """Lists the weighted layers of an open file in the order Keras matches them."""
+  try:
+    return _parse_unchecked(f, path)
+  except (KeyError, OSError, RuntimeError) as e:
+    raise ValueError(f"{path}: damaged or truncated HDF5 weight file ({e}).") from None
+
+
+def _parse_unchecked(f, path) -> _FileContents:
+  for root in _WEIGHTS_H5_ROOTS:
+    if root in f and isinstance(f[root], h5py.Group) and "layer_names" not in f.attrs:
+      return _parse_weights_h5(f, f[root], path)
+  group, full = f, False
+  if "layer_names" not in f.attrs and "model_weights" in f:
+    group, full = f["model_weights"], True
+  names = _read_attr_list(group, "layer_names")
+  if not names:
+    raise ValueError(f"{path}: HDF5 file without Keras weights (no 'layer_names' attribute, no "
+                     f"'model_weights' or 'layers' group); expected a Keras .h5 / .weights.h5 file.")
+  attrs = {k: _str(group.attrs[k]) for k in ("keras_version", "backend") if k in group.attrs}
+  for k in ("keras_version", "backend"):
+    if k not in attrs and k in f.attrs:
+      attrs[k] = _str(f.attrs[k])
+  layers, keras2 = [], False
+  for name in names:
+    wnames = _read_attr_list(group[name], "weight_names")
+    if wnames:
+      keras2 |= any(w.endswith(":0") for w in wnames)
+      layers.append(_FileLayer(name, [(w, group[name][w]) for w in wnames]))
+  version = attrs.get("keras_version", "")
+  major = "2" if keras2 or (version[:1] in "12" and version) else "3"
+  fmt = f"keras{major}-{'model' if full else 'weights'}"
+  return _FileContents(os.fspath(path), fmt, attrs, len(names), layers)
+
+
+def _parse_weights_h5(f, root, path) -> _FileContents:
+  def order(key):  # 'conv2d' -> 0, 'conv2d_12' -> 12: the per-class counter Keras used
+    m = re.fullmatch(r"(.*?)(?:_(\d+))?", key)
+    return m.group(1), int(m.group(2) or 0)
+  entries = []
+  for key in root:
+    vars_ = root[key]["vars"] if "vars" in root[key] else {}
+    if len(vars_):
+      cls, idx = order(key)
+      entries.append((cls, idx, key, vars_))
+  layers = []
+  for cls, idx, key, vars_ in sorted(entries, key=lambda e: (e[0], e[1])):
+    name = _str(vars_.attrs.get("name", key))
+    layers.append(_FileLayer(name, [(f"{key}/vars/{i}", vars_[str(i)]) for i in range(len(vars_))],
+                             cls))
+  attrs = {k: _str(f.attrs[k]) for k in ("keras_version", "backend") if k in f.attrs}
+  return _FileContents(os.fspath(path), "keras3", attrs, len(root), layers)

@@ -1,0 +1,96 @@
+"""Matching a file's weights to a model BY ORDER, as Keras does, and loading them."""
+from __future__ import annotations
+
+import functools
+import logging
+
+import numpy as np
+
+from flax import traverse_util
+import jax
+import jax.numpy as jnp
+from radimagenet_jax import models
+from radimagenet_jax.keras_io.h5file import _FileContents, _FileLayer, _open, _parse, _snake
+
+log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=None)
+def _expected(name: str):
+  """[(layer name, kind, [(flax path, shape)])] of the weighted layers of the notop table."""
+  spec = models.get_spec(name)
+  x = jax.ShapeDtypeStruct((1, spec.min_size, spec.min_size, 3), jnp.float32)
+  shapes = jax.eval_shape(lambda: spec.module_cls().init(
+      {"params": jax.random.key(0), "dropout": jax.random.key(0)}, jnp.zeros(x.shape), train=False))
+  flat = traverse_util.flatten_dict(shapes)
+  return [(l.name, l.kind, [(p, tuple(flat[p].shape)) for p in l.params])
+          for l in spec.keras_layers() if l.has_weights]
+
+
+def _is_dense(layer: _FileLayer) -> bool:
+  if layer.cls is not None:
+    return layer.cls == "dense"
+  s = layer.shapes
+  return len(s) in (1, 2) and len(s[0]) == 2 and (len(s) == 1 or s[1] == (s[0][1],))
+
+
+def _match(contents: _FileContents, model_name: str, expected):
+  """Pairs the file's weighted layers with ``expected``. Returns ([(flax path, dataset)], the
+  skipped top layers). Raises ValueError at the first layer whose weights do not fit."""
+  path = contents.path
+  if contents.format == "keras3":
+    queues = {}
+    for layer in contents.layers:
+      queues.setdefault(layer.cls, []).append(layer)
+    pick = lambda kind: queues.get(_snake(kind), []).pop(0) if queues.get(_snake(kind)) else None
+  else:
+    rest = list(contents.layers)
+    pick = lambda kind: rest.pop(0) if rest else None
+  pairs = []
+  for i, (lname, kind, params) in enumerate(expected):
+    got = pick(kind)
+    want = [s for _, s in params]
+    if got is None:
+      keras3 = contents.format == "keras3"
+      n = sum(1 for l in contents.layers if not keras3 or l.cls == _snake(kind))
+      raise ValueError(
+          f"{path}: the file ends before weighted layer #{i} {lname!r} ({kind}, shapes {want}) of "
+          f"{model_name}; it holds {n} weighted {kind + ' ' if keras3 else ''}layers. It is not a "
+          f"{model_name} weight file (`radimagenet-jax inspect {path}` tells what it is).")
+    if got.shapes != want:
+      raise ValueError(
+          f"{path}: weighted layer #{i} does not match {model_name}: the file's layer {got.name!r} "
+          f"has weight shapes {got.shapes}, {model_name}'s layer {lname!r} ({kind}) expects {want}. "
+          f"Wrong model name, or a file of another architecture.")
+    pairs += [(p, d) for (p, _), (_, d) in zip(params, got.weights)]
+  leftover = (rest if contents.format != "keras3" else [l for q in queues.values() for l in q])
+  bad = [l for l in leftover if not _is_dense(l)]
+  if bad:
+    raise ValueError(
+        f"{path}: after the {len(expected)} weighted layers of {model_name} the file holds more "
+        f"layers that are not a Dense top, first {bad[0].name!r} with shapes {bad[0].shapes}; "
+        f"{model_name}'s table expects none. It is a file of another architecture.")
+  return pairs, leftover
+
+
+def load_h5(path, name: str) -> dict:
+  """Backbone variables ``{'params', 'batch_stats'}`` of model ``name`` from a Keras weight file.
+
+  Reads every format listed in the module docstring. A file with a top (a trailing Dense layer,
+  e.g. 'predictions') loads its backbone; the top is skipped and a warning says so.
+  Raises ValueError naming the file, the first layer that does not match and both shapes.
+  """
+  name = models.get_spec(name).name
+  expected = _expected(name)
+  with _open(path) as f:
+    contents = _parse(f, path)
+    pairs, top = _match(contents, name, expected)
+    try:
+      flat = {p: np.asarray(d[()], np.float32) for p, d in pairs}
+    except (OSError, RuntimeError) as e:
+      raise ValueError(f"{path}: truncated or damaged weight data ({e}).") from None
+    top = ", ".join(f"{l.name} {l.shapes}" for l in top)
+  if top:
+    log.warning("%s: skipped the top of the file (%s); loaded the %s backbone only.", path, top,
+                name)
+  return traverse_util.unflatten_dict(flat)
