@@ -21,6 +21,8 @@ from flax import traverse_util
 
 import radimagenet_jax as rij
 from radimagenet_jax import cli, keras_io
+from radimagenet_jax.keras_io import h5file
+from radimagenet_jax.keras_io import load as keras_load
 from tests import keras_oracle
 
 MODELS = rij.models.names()
@@ -129,9 +131,9 @@ def tiny(tmp_path_factory):
 def test_every_layout_parses_to_keras_weights_in_order(tiny, fmt):
   km, paths, expected = tiny
   with h5py.File(paths[fmt], "r") as f:
-    contents = keras_io._parse(f, paths[fmt])
+    contents = h5file._parse(f, paths[fmt])
     assert contents.format == fmt
-    pairs, top = keras_io._match(contents, "tiny", expected)
+    pairs, top = keras_load._match(contents, "tiny", expected)
     got = [np.asarray(d[()]) for _, d in pairs]
     assert [l.name for l in top] == ["predictions"]
   want = [w for name, ws in keras_oracle.keras_weight_lists(km) if name != "predictions" for w in ws]
@@ -143,9 +145,9 @@ def test_every_layout_parses_to_keras_weights_in_order(tiny, fmt):
 def test_keras_archive_is_read_through_its_weights_file(tiny, tmp_path):
   km, paths, expected = tiny
   km.save(tmp_path / "tiny.keras")
-  with keras_io._open(tmp_path / "tiny.keras") as f, h5py.File(paths["keras3"], "r") as g:
-    a, _ = keras_io._match(keras_io._parse(f, "tiny.keras"), "tiny", expected)
-    b, _ = keras_io._match(keras_io._parse(g, "tiny.weights.h5"), "tiny", expected)
+  with h5file._open(tmp_path / "tiny.keras") as f, h5py.File(paths["keras3"], "r") as g:
+    a, _ = keras_load._match(h5file._parse(f, "tiny.keras"), "tiny", expected)
+    b, _ = keras_load._match(h5file._parse(g, "tiny.weights.h5"), "tiny", expected)
     for (pa, da), (pb, db) in zip(a, b):
       assert pa == pb
       np.testing.assert_array_equal(da[()], db[()])
@@ -157,7 +159,7 @@ def test_shape_mismatch_names_file_layer_and_both_shapes(tiny):
            ("c2", "Conv2D", [(("params", "c2", "kernel"), (1, 1, 4, 6))]), expected[3]]
   for fmt in ("keras3", "keras2-model"):
     with h5py.File(paths[fmt], "r") as f, pytest.raises(ValueError) as e:
-      keras_io._match(keras_io._parse(f, paths[fmt]), "tiny", wrong)
+      keras_load._match(h5file._parse(f, paths[fmt]), "tiny", wrong)
     msg = str(e.value)
     assert paths[fmt] in msg and "'c2'" in msg and "(1, 1, 4, 5)" in msg and "(1, 1, 4, 6)" in msg
 
@@ -167,10 +169,10 @@ def test_chunked_attributes_read_like_keras(tmp_path):
   from keras.src.legacy.saving import legacy_h5_format
   names = [f"a_rather_long_layer_name_number_{i:05d}" * 3 for i in range(1200)]
   with h5py.File(tmp_path / "a.h5", "w") as f:
-    keras_io._write_attr_list(f, "layer_names", names)
+    h5file._write_attr_list(f, "layer_names", names)
     assert "layer_names" not in f.attrs and "layer_names0" in f.attrs
     assert legacy_h5_format.load_attributes_from_hdf5_group(f, "layer_names") == names
-    assert keras_io._read_attr_list(f, "layer_names") == names
+    assert h5file._read_attr_list(f, "layer_names") == names
 
 
 # ---------------------------------------------------------------------------------------------
