@@ -1,0 +1,24 @@
+"""Evaluation: AUC with DeLong statistics, classification metrics and the comparison report.
+
+    roc.py             AUC, DeLong variance / CI, the paired DeLong test, the ROC curve (pROC rules)
+    classification.py  binary and multi-class metrics (metrics.json), predictions.csv read / write
+    report.py          write_report: recomputes and compares fine-tuning runs or a sweep
+    report_plots.py    the report's pictures (matplotlib, Agg; imported only when drawing)
+    paired.py          paired statistics of per-image scores (Dice): t-test, Wilcoxon, Shapiro
+
+Pure numpy / scipy / matplotlib: nothing here needs JAX.
+"""
+from __future__ import annotations
+
+from radimagenet_jax.evaluate.classification import (Predictions, binary_metrics,
+                                                     classification_metrics, multiclass_metrics,
+                                                     read_predictions, write_predictions,
+                                                     youden_threshold)
+from radimagenet_jax.evaluate.paired import paired_comparison
+from radimagenet_jax.evaluate.report import write_report
+from radimagenet_jax.evaluate.roc import (delong_ci, delong_test, roc_auc, roc_curve,
+                                          structural_components)
+
+__all__ = ["Predictions", "binary_metrics", "classification_metrics", "delong_ci", "delong_test",
+           "multiclass_metrics", "paired_comparison", "read_predictions", "roc_auc", "roc_curve",
+           "structural_components", "write_predictions", "write_report", "youden_threshold"]

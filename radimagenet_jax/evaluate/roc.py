@@ -1,0 +1,172 @@
+"""ROC analysis of a binary score: the AUC with DeLong's variance and CI; the paired DeLong test.
+
+The numbers follow R's pROC 1.18 (the paper's tool; FIDELITY.md "Evaluation"):
+
+* the AUC is the Mann-Whitney statistic, a case/control tie counting one half;
+* DeLong's variance is ``S10 / m + S01 / n``, with ``S10`` and ``S01`` the sample variances
+  (ddof=1) of the structural components over the ``m`` cases and ``n`` controls;
+* ``delong_ci`` is ``AUC +- z((1 + level) / 2) * SE`` clipped to [0, 1], as
+  ``ci.auc(method="delong")``;
+* ``delong_test`` is ``z = (A1 - A2) / sqrt(V1 + V2 - 2 Cov)``, two-sided, as
+  ``roc.test(method="delong", paired=TRUE)``.
+
+Conventions: labels are 0 (control) and 1 (case); a higher score means "more likely a case".
+There is NO automatic direction flipping. pROC, by default, picks the direction from the medians
+of the two groups and so can report ``1 - AUC`` of what is computed here; to get this module's
+numbers in R, pass ``levels = c(0, 1)`` and ``direction = "<"`` (controls < cases) to ``roc()``.
+
+The structural components are computed with the mid-rank algorithm of Sun & Xu (IEEE Signal
+Processing Letters 21(11), 2014), O((m + n) log(m + n)) rather than DeLong's O(m n) pairwise one.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import stats as sps
+
+
+def check_binary(labels, scores, name: str = "scores") -> tuple[np.ndarray, np.ndarray]:
+  """Validates a binary problem; returns (labels as a bool array, scores as float64 arrays).
+
+  ``scores`` may be one 1-D array or several stacked as (k, N). Raises ValueError (one line) on a
+  length mismatch, non-finite scores, labels outside {0, 1} or a single class.
+  """
+  y = np.asarray(labels)
+  s = np.asarray(scores, dtype=np.float64)
+  if y.ndim != 1:
+    raise ValueError(f"labels must be 1-D; got shape {y.shape}.")
+  if s.ndim not in (1, 2):
+    raise ValueError(f"{name} must be 1-D; got shape {s.shape}.")
+  if s.shape[-1] != y.shape[0]:
+    raise ValueError(f"labels and {name} must have the same length; got {y.shape[0]} and "
+                     f"{s.shape[-1]}.")
+  bad = ~np.isfinite(s)
+  if bad.any():
+    first = int(np.argwhere(bad)[0][-1])
+    raise ValueError(f"{name} has {int(bad.sum())} non-finite values (NaN or inf); the first at "
+                     f"index {first}.")
+  if y.dtype.kind not in "biuf":
+    raise ValueError(f"labels must be 0 (control) or 1 (case); got values of type {y.dtype}.")
+  outside = (y != 0) & (y != 1)
+  if outside.any():
+    i = int(np.argmax(outside))
+    raise ValueError(f"labels must be 0 (control) or 1 (case); got {y[i].item()!r} at index "
+                     f"{i}.")
+  y = y == 1
+  if y.size == 0:
+    raise ValueError("needs both classes; got no examples.")
+  if y.all() or not y.any():
+    raise ValueError(f"needs both classes; got only label {int(y[0])} (n={y.size}).")
+  return y, s
+
+
+def structural_components(labels, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """AUCs and DeLong's structural components of k score vectors, by mid-ranks (Sun & Xu 2014).
+
+  ``scores``: (N,) or (k, N). Returns ``(auc (k,), v10 (k, m), v01 (k, n))`` where, for case i,
+  ``v10[i]`` is the fraction of controls it outscores (ties 1/2), and for control j, ``v01[j]`` the
+  fraction of cases that outscore it. Both average to the AUC.
+  """
+  y, s = check_binary(labels, scores)
+  s = np.atleast_2d(s)
+  x, z = s[:, y], s[:, ~y]                       # cases, controls
+  m, n = x.shape[1], z.shape[1]
+  # The mid-rank of a case among all scores, minus its mid-rank among the cases, counts the
+  # controls below it (ties 1/2); likewise for a control and the cases.
+  rank_all = sps.rankdata(np.concatenate([x, z], axis=1), method="average", axis=1)
+  rank_x = sps.rankdata(x, method="average", axis=1)
+  rank_z = sps.rankdata(z, method="average", axis=1)
+  v10 = (rank_all[:, :m] - rank_x) / n
+  v01 = 1.0 - (rank_all[:, m:] - rank_z) / m
+  auc = v10.mean(axis=1)
+  return auc, v10, v01
+
+
+def _covariance(v10: np.ndarray, v01: np.ndarray) -> np.ndarray | None:
+  """DeLong's (k, k) covariance S10/m + S01/n; None when m or n < 2 (ddof=1 is undefined)."""
+  m, n = v10.shape[1], v01.shape[1]
+  if m < 2 or n < 2:
+    return None
+  return np.atleast_2d(np.cov(v10)) / m + np.atleast_2d(np.cov(v01)) / n
+
+
+def roc_auc(labels, scores) -> float:
+  """The area under the ROC curve (ties between a case and a control count 1/2)."""
+  return float(structural_components(labels, scores)[0][0])
+
+
+def delong_ci(labels, scores, level: float = 0.95) -> dict:
+  """AUC with DeLong's standard error and confidence interval (pROC ``ci.auc(method="delong")``).
+
+  Returns ``{"auc", "se", "ci_low", "ci_high", "level", "n_cases", "n_controls"}`` (Python floats
+  and ints). The interval is ``auc +- z((1 + level) / 2) * se`` clipped to [0, 1]; ``se`` and the
+  interval are None when there are fewer than two cases or two controls (no sample variance).
+  """
+  if not 0.0 < float(level) < 1.0:
+    raise ValueError(f"level must be in (0, 1); got {level!r}.")
+  auc, v10, v01 = structural_components(labels, scores)
+  out = {"auc": float(auc[0]), "se": None, "ci_low": None, "ci_high": None,
+         "level": float(level), "n_cases": int(v10.shape[1]), "n_controls": int(v01.shape[1])}
+  cov = _covariance(v10, v01)
+  if cov is not None:
+    se = math.sqrt(max(float(cov[0, 0]), 0.0))
+    half = float(sps.norm.ppf((1.0 + level) / 2.0)) * se
+    out.update(se=se, ci_low=max(0.0, out["auc"] - half), ci_high=min(1.0, out["auc"] + half))
+  return out
+
+
+def delong_test(labels, scores_a, scores_b) -> dict:
+  """Paired two-sided DeLong test of two scores on the same examples (pROC ``roc.test``).
+
+  Returns ``{"auc_a", "auc_b", "difference", "var_a", "var_b", "cov", "se_diff", "z", "p_value",
+  "n_cases", "n_controls"}`` with ``z = (auc_a - auc_b) / se_diff``. When the variance of the
+  difference is 0 (e.g. identical scores, or any two scores whose per-example structural components
+  differ by a constant): ``z = 0, p = 1`` if the AUCs are equal, else ``z = +-inf, p = 0``. With
+  fewer than two cases or controls, the variances, ``z`` and ``p_value`` are None.
+  """
+  y, a = check_binary(labels, scores_a, "scores_a")
+  _, b = check_binary(labels, scores_b, "scores_b")
+  auc, v10, v01 = structural_components(y, np.stack([a, b]))
+  diff = float(auc[0] - auc[1])
+  out = {"auc_a": float(auc[0]), "auc_b": float(auc[1]), "difference": diff, "var_a": None,
+         "var_b": None, "cov": None, "se_diff": None, "z": None, "p_value": None,
+         "n_cases": int(v10.shape[1]), "n_controls": int(v01.shape[1])}
+  cov = _covariance(v10, v01)
+  if cov is None:
+    return out
+  # The variance of the difference straight from the differences of the components: equal to
+  # V1 + V2 - 2 Cov, but exactly 0 (not a rounding residue) when the components coincide.
+  d_cov = _covariance(v10[:1] - v10[1:], v01[:1] - v01[1:])
+  var_diff = max(float(d_cov[0, 0]), 0.0)
+  se = math.sqrt(var_diff)
+  if se > 0:
+    z = diff / se
+    p = float(2.0 * sps.norm.sf(abs(z)))
+  elif diff == 0:
+    z, p = 0.0, 1.0
+  else:
+    z, p = math.copysign(math.inf, diff), 0.0
+  out.update(var_a=float(cov[0, 0]), var_b=float(cov[1, 1]), cov=float(cov[0, 1]), se_diff=se,
+             z=float(z), p_value=p)
+  return out
+
+
+def roc_curve(labels, scores) -> tuple[list, list, list]:
+  """The empirical ROC curve: ``(fpr, tpr, thresholds)`` as lists, one point per distinct score.
+
+  Example i is called positive when ``scores[i] >= threshold``. Thresholds decrease; the first is
+  ``inf`` (nothing called positive, the point (0, 0)), the last the lowest score (everything called
+  positive, (1, 1)). This is exactly ``sklearn.metrics.roc_curve(labels, scores,
+  drop_intermediate=False)`` (scikit-learn >= 1.3, whose first threshold is also ``inf``).
+  """
+  y, s = check_binary(labels, scores)
+  order = np.argsort(-s, kind="mergesort")
+  s, y = s[order], y[order]
+  last = np.r_[np.flatnonzero(np.diff(s)), s.size - 1]   # last index of each distinct score
+  tps = np.cumsum(y)[last]
+  fps = last + 1 - tps
+  fpr = np.r_[0.0, fps / fps[-1]]
+  tpr = np.r_[0.0, tps / tps[-1]]
+  thresholds = np.r_[np.inf, s[last]]
+  return fpr.tolist(), tpr.tolist(), thresholds.tolist()
