@@ -1,5 +1,6 @@
 """What every dataset builder in tfds_builders/ shares: registration, instructions, features,
-PNG encoding, the split assignment, and dummy_data that the checked-in script reproduces."""
+PNG encoding, the split assignment, one mask convention (uint8, 1 = lesion), and dummy_data that
+the checked-in script reproduces."""
 import filecmp
 import io
 import os
@@ -103,3 +104,32 @@ def test_wrong_manual_dir_fails_with_the_download_instructions(name, tmp_path):
                     progress=False)
   assert instructions.strip() in str(e.value)
   assert not os.path.exists(tmp_path / "d" / name)  # nothing half-built left behind
+
+
+MASK_DATASETS = ("busi", "ddti", "rsna_pneumonia", "radimagenet_demo/lesion")
+
+
+def test_the_mask_datasets_are_all_the_builders_with_a_mask(tmp_path):
+  with_mask = set()
+  for name in DATASETS + ("radimagenet_demo",):
+    cls = build_lib.builder_class(name)
+    for config in cls.BUILDER_CONFIGS or [None]:
+      builder = cls(data_dir=os.fspath(tmp_path), config=config)
+      if "mask" in builder.info.features:
+        with_mask.add(name if name != "radimagenet_demo" else f"{name}/{config.name}")
+  assert with_mask == set(MASK_DATASETS)
+
+
+@pytest.mark.parametrize("name", MASK_DATASETS)
+def test_every_mask_is_uint8_with_1_for_lesion_and_0_elsewhere(name, tmp_path, demo_data_dir):
+  from tfds_builders import testing_utils as tu
+  if name.startswith("radimagenet_demo"):
+    builder = build_lib.make_builder(name, data_dir=demo_data_dir)
+  else:
+    builder = tu.build(name, tu.dummy_dir(name), tmp_path)
+  values, splits = set(), tu.read_all(builder)
+  for split in ("train", "validation", "test"):
+    for e in splits[split]:
+      assert e["mask"].dtype == np.uint8 and e["mask"].shape == e["image"].shape[:2] + (1,)
+      values |= set(np.unique(e["mask"]).tolist())
+  assert values == {0, 1}, name

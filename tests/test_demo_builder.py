@@ -1,5 +1,5 @@
-"""radimagenet_demo and the build machinery: sizes, features, masks, group split, determinism,
-caching, atomic failure, on_error='skip' and missing-source errors.
+"""radimagenet_demo and the build machinery: sizes, features, masks, group split, folds,
+determinism, caching, atomic failure, on_error='skip' and missing-source errors.
 
 The full dataset is built once per session (`demo_data_dir` in conftest.py); the failure-mode tests
 build a shrunken copy of the 'pretrain' config (few sources, few examples) to stay fast.
@@ -85,7 +85,7 @@ def test_lesion_masks(lesion):
     for e in lesion[s]:
       mask = e["mask"][..., 0]
       assert e["mask"].shape == e["image"].shape == (128, 128, 1)
-      assert set(np.unique(mask)) <= {0, 255}
+      assert set(np.unique(mask)) <= {0, 1}  # 1 = lesion, as in every builder
       area = int((mask > 0).sum())
       assert area == int(e["lesion_area"])
       if e["label"] == 0:
@@ -102,6 +102,20 @@ def test_lesion_group_split_holds(lesion):
   ids = {s: {e["source_id"].decode() for e in lesion[s]} for s in demo.SPLITS}
   assert not (ids["train"] & ids["validation"] or ids["train"] & ids["test"]
               or ids["validation"] & ids["test"])
+
+
+def test_lesion_folds_partition_all_examples_by_runs_of_four_slabs(lesion, demo_data_dir):
+  folds = {f: _examples(demo_data_dir, "lesion", f"fold{f}") for f in range(demo.LESION_FOLDS)}
+  key = lambda e: (e["source_id"].decode(), e["image"].tobytes())
+  every = sorted(key(e) for s in demo.SPLITS for e in lesion[s])
+  assert sorted(key(e) for f in folds for e in folds[f]) == every  # a partition of all 600
+  for f, examples in folds.items():
+    slabs = {e["source_id"].decode() for e in examples}
+    assert {int(s[-2:]) // 4 for s in slabs} == {f}  # slabs 4f..4f+3, every plane
+    assert {s.split("/")[1] for s in slabs} == set(demo.LESION_PLANES)
+    assert 0.4 < np.mean([int(e["label"]) for e in examples]) < 0.6
+  sizes = sorted(len(v) for v in folds.values())
+  assert f"sizes {sizes[0]}-{sizes[-1]}" in README and "fold0` ... `fold4`" in README
 
 
 def test_lesion_is_not_trivially_separable_and_auc_is_the_stated_one(demo_data_dir):
@@ -121,7 +135,8 @@ def test_build_is_deterministic_and_cached(demo_data_dir, tmp_path):
     first = build.make_builder(f"radimagenet_demo/{config}", data_dir=demo_data_dir).data_path
     second = build.make_builder(f"radimagenet_demo/{config}", data_dir=again).data_path
     records = sorted(f for f in os.listdir(first) if ".array_record" in f)
-    assert len(records) == 3 and records == sorted(
+    n_splits = 3 + (demo.LESION_FOLDS if config == "lesion" else 0)
+    assert len(records) == n_splits and records == sorted(
         f for f in os.listdir(second) if ".array_record" in f)
     for f in records:
       assert (first / f).read_bytes() == (second / f).read_bytes(), f
@@ -172,7 +187,7 @@ def test_failed_overwrite_keeps_the_previous_dataset(small_demo, tmp_path):
   with pytest.raises(tfds_base.SourceFileError):
     build.build("radimagenet_demo/pretrain", data_dir=tmp_path, overwrite=True, progress=False)
   assert sorted(os.listdir(builder.data_path)) == before
-  assert [d for d in os.listdir(builder.data_path.parent) if d != "1.0.0"] == []
+  assert [d for d in os.listdir(builder.data_path.parent) if d != builder.data_path.name] == []
 
 
 @pytest.mark.parametrize("module,package,config", [("data_store", "pydicom-data", "pretrain"),

@@ -108,3 +108,16 @@ def test_read_nifti_reorients_to_ras(tmp_path):
   got, got_affine = readers.read_nifti(tmp_path / "v.nii.gz", return_affine=True)
   np.testing.assert_array_equal(got, data[::-1])
   assert got_affine[0, 0] == 1.0
+
+
+def test_read_image_refuses_decompression_bombs_from_the_header(tmp_path, monkeypatch):
+  from tests.test_safety_build import bomb_png
+  bomb = tmp_path / "bomb.png"
+  bomb.write_bytes(bomb_png())  # 20000 x 20000: above 2x MAX_IMAGE_PIXELS, PIL raises itself
+  with pytest.raises(readers.ReaderError, match=r"bomb\.png: image too large.*400000000 pixels"):
+    readers.read_image(bomb)
+  # Between 1x and 2x the limit PIL only warns and decodes: refused as well.
+  Image.fromarray(np.zeros((10, 12), np.uint8)).save(tmp_path / "small.png")
+  monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+  with pytest.raises(readers.ReaderError, match=r"10 = 120 pixels, above PIL's limit of 100"):
+    readers.read_image(tmp_path / "small.png")

@@ -33,9 +33,9 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
-from radimagenet_jax.data import readers
+from radimagenet_jax.data.build import readers
 from radimagenet_jax.data import splits as splits_lib
-from radimagenet_jax.data import tfds_base
+from radimagenet_jax.data.build import tfds_base
 
 SPLIT_SEED = 0
 DEFAULT_FOLDS = 5

@@ -8,7 +8,8 @@ Formats read (all as written by `model.save` / `model.save_weights`):
   keras3-model / keras3-weights
                    the legacy layouts as Keras 3 writes them (no `:0`).
   keras3           Keras 3 `.weights.h5`: `layers/<class name>[_N]/vars/0..n`, a `name` attribute
-                   on each `vars` group; also read from inside a Keras 3 `.keras` archive.
+                   on each `vars` group; also read from inside a Keras 3 `.keras` archive
+                   (in place or streamed, never loaded whole; size-capped, h5file.py).
 
 Weights are matched to the model BY ORDER, as Keras does (FIDELITY.md): the legacy layouts list the
 layers in `model.layers` order and the i-th layer that carries weights goes to the i-th weighted

@@ -6,6 +6,7 @@ import functools
 import io
 import os
 import re
+import tempfile
 import zipfile
 
 import h5py
@@ -76,21 +77,126 @@ def _write_attr_list(group, name, values):
       group.attrs[f"{name}{i}"] = c
 
 
+# The largest `model.weights.h5` read from a `.keras` archive. IRV2 (the largest of the four) is
+# 0.22 GB, 0.66 GB with the Adam state a `.keras` file may carry; a larger member is refused
+# before anything is read, since a zip member can declare any size (a decompression bomb).
+MAX_ARCHIVE_MEMBER_BYTES = 4 << 30
+# A compressed member that expands more than 100x and past 256 MiB is refused too (Keras's rule:
+# float weights barely compress), before it is streamed to disk.
+_BOMB_RATIO, _BOMB_FLOOR_BYTES = 100, 256 << 20
+_ARCHIVE_MEMBER = "model.weights.h5"
+_COPY_CHUNK = 1 << 20
+
+
 def _open(path):
+  """The h5py.File of a Keras weight file, or of the weights inside a `.keras` archive."""
   path = os.fspath(path)
+  if os.path.isdir(path):
+    raise ValueError(f"{path}: a folder; expected a Keras .h5, .weights.h5 or .keras file.")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path}: no such file; expected a Keras .h5 or .weights.h5 file.")
   if zipfile.is_zipfile(path):  # a Keras 3 `.keras` archive: its weights are model.weights.h5
-    with zipfile.ZipFile(path) as z:
-      if "model.weights.h5" not in z.namelist():
-        raise ValueError(f"{path}: a zip archive without model.weights.h5; expected a Keras .h5, "
-                         f".weights.h5 or .keras file.")
-      return h5py.File(io.BytesIO(z.read("model.weights.h5")), "r")
+    return _open_archive(path)
   try:
     return h5py.File(path, "r")
   except OSError as e:
     raise ValueError(f"{path}: not a readable HDF5 file ({e}); the file is truncated, corrupt or "
                      f"not a Keras weight file (.h5 / .weights.h5).") from None
+
+
+class _RangeFile(io.RawIOBase):
+  """Read-only file object over bytes [start, start + size) of an open file: a stored (not
+  compressed) zip member, seekable in O(1) for h5py, without copying it."""
+
+  def __init__(self, f, start: int, size: int):
+    super().__init__()
+    self._f, self._start, self._size, self._pos = f, start, size, 0
+
+  def readable(self):
+    return True
+
+  def seekable(self):
+    return True
+
+  def seek(self, offset, whence=io.SEEK_SET):
+    base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+    self._pos = max(0, base + offset)
+    return self._pos
+
+  def tell(self):
+    return self._pos
+
+  def readinto(self, buffer):
+    n = max(0, min(len(buffer), self._size - self._pos))
+    self._f.seek(self._start + self._pos)
+    got = self._f.readinto(memoryview(buffer)[:n]) if n else 0
+    self._pos += got
+    return got
+
+  def close(self):
+    self._f.close()
+    super().close()
+
+
+class _ArchiveWeights(h5py.File):
+  """The h5py.File of an archive member; closing it closes the file object it reads from."""
+
+  def __init__(self, fileobj):
+    super().__init__(fileobj, "r")
+    self._source = fileobj
+
+  def close(self):
+    super().close()
+    self._source.close()
+
+
+def _open_archive(path):
+  """Opens `model.weights.h5` inside a `.keras` zip without reading it into memory: a stored
+  member is read in place, a compressed one is streamed into a temporary file first."""
+  where = f"{path}: the {_ARCHIVE_MEMBER} inside this .keras archive"
+  try:
+    with zipfile.ZipFile(path) as z:
+      if _ARCHIVE_MEMBER not in z.namelist():
+        raise ValueError(f"{path}: a zip archive without {_ARCHIVE_MEMBER}; expected a Keras .h5, "
+                         f".weights.h5 or .keras file.")
+      info = z.getinfo(_ARCHIVE_MEMBER)
+      if info.file_size > MAX_ARCHIVE_MEMBER_BYTES:
+        raise ValueError(f"{where} declares {info.file_size:,} bytes, above the limit of "
+                         f"{MAX_ARCHIVE_MEMBER_BYTES:,} (h5file.MAX_ARCHIVE_MEMBER_BYTES); refused "
+                         "unread. Extract it and pass the .weights.h5 file instead.")
+      if info.file_size > max(_BOMB_FLOOR_BYTES, _BOMB_RATIO * info.compress_size):
+        raise ValueError(f"{where} declares {info.file_size:,} bytes from "
+                         f"{info.compress_size:,} compressed (over {_BOMB_RATIO}x); refused unread "
+                         "as a possible decompression bomb.")
+      if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1:
+        fileobj = _RangeFile(open(path, "rb"), _member_offset(path, info), info.file_size)
+      else:
+        fileobj = tempfile.TemporaryFile()
+        with z.open(info) as member:
+          while chunk := member.read(_COPY_CHUNK):  # ZipExtFile stops at the declared size
+            fileobj.write(chunk)
+        fileobj.seek(0)
+  except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, RuntimeError) as e:
+    raise ValueError(f"{path}: a damaged .keras (zip) archive ({type(e).__name__}: {e}).") from None
+  try:
+    return _ArchiveWeights(fileobj)
+  except OSError as e:
+    fileobj.close()
+    raise ValueError(f"{where} is not a readable HDF5 file ({e}); the archive is truncated or "
+                     f"corrupt.") from None
+
+
+def _member_offset(path, info) -> int:
+  """Where a zip member's data begins: after its local header (whose name and extra field lengths
+  may differ from the central directory's)."""
+  with open(path, "rb") as f:
+    f.seek(info.header_offset)
+    header = f.read(zipfile.sizeFileHeader)
+  if len(header) != zipfile.sizeFileHeader or header[:4] != zipfile.stringFileHeader:
+    raise zipfile.BadZipFile(f"bad local header of {info.filename}")
+  name_length = int.from_bytes(header[26:28], "little")  # APPNOTE.TXT 4.3.7
+  extra_length = int.from_bytes(header[28:30], "little")
+  return info.header_offset + zipfile.sizeFileHeader + name_length + extra_length
 
 
 def _parse(f, path) -> _FileContents:

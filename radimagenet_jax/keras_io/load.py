@@ -77,14 +77,14 @@ def load_h5(path, name: str) -> dict:
   """Backbone variables ``{'params', 'batch_stats'}`` of model ``name`` from a Keras weight file.
 
   Reads every format listed in the module docstring. A file with a top (a trailing Dense layer,
-  e.g. 'predictions') loads its backbone; the top is skipped and a warning says so.
+  e.g. 'predictions') loads its backbone; the top is skipped and a warning says so. Weights that
+  hold NaN or Inf load too, with a warning naming the layers.
   Raises ValueError naming the file, the first layer that does not match and both shapes.
   """
   name = models.get_spec(name).name
-  expected = _expected(name)
-  with _open(path) as f:
+  with _open(path) as f:  # a missing or unreadable file is reported before the model is traced
     contents = _parse(f, path)
-    pairs, top = _match(contents, name, expected)
+    pairs, top = _match(contents, name, _expected(name))
     try:
       flat = {p: np.asarray(d[()], np.float32) for p, d in pairs}
     except (OSError, RuntimeError) as e:
@@ -93,4 +93,16 @@ def load_h5(path, name: str) -> dict:
   if top:
     log.warning("%s: skipped the top of the file (%s); loaded the %s backbone only.", path, top,
                 name)
+  _warn_non_finite(path, flat)
   return traverse_util.unflatten_dict(flat)
+
+
+def _warn_non_finite(path, flat, shown: int = 5) -> None:
+  """One warning line naming the layers whose weights hold NaN or Inf (the first `shown`, and the
+  count): such a file loads, but every output of the model would be NaN."""
+  bad = list(dict.fromkeys(p[1] for p, a in flat.items() if not np.isfinite(a).all()))
+  if bad:
+    more = f" and {len(bad) - shown} more" if len(bad) > shown else ""
+    log.warning("%s: %d layers hold NaN or Inf weights: %s%s; outputs computed with them will "
+                "not be finite.",
+                path, len(bad), ", ".join(bad[:shown]), more)

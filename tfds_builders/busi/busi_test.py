@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from radimagenet_jax.data import tfds_base
+from radimagenet_jax.data.build import tfds_base
 from tfds_builders import testing_utils as tu
 
 N = {"benign": 5, "malignant": 4, "normal": 3}  # images in dummy_data

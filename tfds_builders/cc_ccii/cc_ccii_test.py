@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from radimagenet_jax.data import tfds_base
+from radimagenet_jax.data.build import tfds_base
 from tfds_builders import testing_utils as tu
 
 ROOT = tu.dummy_dir("cc_ccii")

@@ -119,7 +119,10 @@ class Ddti(common.SplitBuilder):
         continue
       folder = os.path.dirname(xml_path)
       for k, polygons in marks:
-        path = os.path.join(folder, f"{case}_{k}.jpg")
+        path = self.source_path(manual_dir, folder, f"{case}_{k}.jpg", source=xml_path,
+                                where=f"<number> {case!r}, <image> {k!r}")
+        if path is None:
+          continue
         if not os.path.exists(path):
           self.source_error(path, f"named in {os.path.basename(xml_path)} but missing")
           continue

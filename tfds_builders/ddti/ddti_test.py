@@ -5,7 +5,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
-from radimagenet_jax.data import tfds_base
+from radimagenet_jax.data.build import tfds_base
 from tfds_builders import testing_utils as tu
 from tfds_builders.ddti import ddti as lib
 

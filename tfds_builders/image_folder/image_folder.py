@@ -3,7 +3,8 @@
 Two ways to label the files in `--manual_dir`:
 
 - `labels.csv` at its top (header `path,label[,patient_id]`; paths relative to manual_dir): the
-  CSV decides which files are used, their label and their patient. Without a `patient_id` column
+  CSV decides which files are used, their label and their patient. A path that resolves outside
+  manual_dir (`..`, absolute, a symlink out of it) is a bad row, never read. Without a `patient_id` column
   every file is its own group (a per-image split: say so when you report results).
 - otherwise the folders: `<label>/<file>` or `<label>/<patient_id>/.../<file>`; the first folder
   is the label, the second (when the file sits deeper) is the patient id, else the file name is.
@@ -28,7 +29,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from radimagenet_jax.data import readers
+from radimagenet_jax.data.build import readers
 from tfds_builders import common
 
 WINDOWS = {  # name -> (center, width) in Hounsfield units
@@ -164,7 +165,10 @@ class ImageFolder(common.SplitBuilder):
                          f"path,label[,patient_id], got {reader.fieldnames}")
       rows = []
       for r in reader:
-        path = os.path.join(root, r["path"])
+        path = self.source_path(root, root, r["path"] or "", source=csv_path,
+                                where=f"line {reader.line_num}")
+        if path is None:
+          continue
         if not os.path.isfile(path):
           self.source_error(path, f"named in {LABELS_CSV} but missing")
           continue

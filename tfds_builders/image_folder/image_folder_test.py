@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from radimagenet_jax.data import readers
-from radimagenet_jax.data import tfds_base
+from radimagenet_jax.data.build import readers
+from radimagenet_jax.data.build import tfds_base
 from tfds_builders import testing_utils as tu
 from tfds_builders.image_folder import image_folder as lib
 

@@ -83,11 +83,14 @@ class Mrnet(common.SplitBuilder):
     for split in OFFICIAL:
       csv_path = self.require(root, f"{split}-{task}.csv")
       with open(csv_path, newline="") as f:
-        rows = [r for r in csv.reader(f) if r]
-      for row in rows:
+        rows = [(n, r) for n, r in enumerate(csv.reader(f), 1) if r]  # no header: line = row
+      for line, row in rows:
         exam = row[0].strip()
         exam = exam.zfill(4) if exam.isdigit() else exam
-        volume = os.path.join(os.fspath(root), split, plane, f"{exam}.npy")
+        volume = self.source_path(manual_dir, os.path.join(os.fspath(root), split, plane),
+                                  f"{exam}.npy", source=csv_path, where=f"line {line}")
+        if volume is None:
+          continue
         if len(row) < 2 or row[1].strip() not in ("0", "1"):
           self.source_error(csv_path, f"exam {exam}: label {row[1:]!r} is not 0 or 1")
           continue

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from radimagenet_jax.data import tfds_base
+from radimagenet_jax.data.build import tfds_base
 from tfds_builders import testing_utils as tu
 
 ROOT = os.path.join(tu.dummy_dir("mrnet"), "MRNet-v1.0")

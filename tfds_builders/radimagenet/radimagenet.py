@@ -10,8 +10,8 @@ Labels and splits:
 
 - with the split CSVs (next to `radiology_ai/` or inside it): the official split (train /
   validation / test = RadiologyAI_train / _val / _test); the class names are the CSV labels
-  (e.g. `abd-normal`), sorted; a file named in a CSV but missing, or a CSV label outside the
-  class list, is a bad source file. Files on disk that no CSV names are not used (counted in the
+  (e.g. `abd-normal`), sorted; a file named in a CSV but missing, or resolving outside
+  `--manual_dir` (`..`, a symlink out of it), is a bad source file. Files on disk that no CSV names are not used (counted in the
   description).
 - without them: class name `<anatomy>-<label folder>` (CT/MR) or `us-<label folder>` (US), sorted,
   and a per-image 75/10/15 split (`splits.group_split`). The release carries no patient ids (file
@@ -147,7 +147,11 @@ class Radimagenet(common.SplitBuilder):
           if not {"filename", "label"} <= set(reader.fieldnames or ()):
             raise ValueError(f"{csv_dir / name}: expected columns filename,label, got "
                              f"{reader.fieldnames}")
-          rows += [(_release_path(r["filename"]), r["label"].strip(), split) for r in reader]
+          for r in reader:  # a name that leaves manual_dir is a bad row, never looked at
+            rel = _release_path(r["filename"] or "")
+            if self.source_path(manual_dir, manual_dir, rel, source=csv_dir / name,
+                                where=f"line {reader.line_num}") is not None:
+              rows.append((rel, (r["label"] or "").strip(), split))
       names = sorted({label for _, label, _ in rows})
       self._unused = len(set(on_disk) - {r for r, _, _ in rows})
     else:

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from radimagenet_jax.data import tfds_base
+from radimagenet_jax.data.build import tfds_base
 from tfds_builders import testing_utils as tu
 from tfds_builders.radimagenet import class_from_path
 

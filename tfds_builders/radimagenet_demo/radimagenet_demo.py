@@ -12,8 +12,8 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
-from radimagenet_jax.data import readers
-from radimagenet_jax.data import tfds_base
+from radimagenet_jax.data.build import readers
+from radimagenet_jax.data.build import tfds_base
 from tfds_builders.radimagenet_demo import sources
 from tfds_builders.radimagenet_demo import synth
 
@@ -43,6 +43,10 @@ LESION_PLANES = {"axial": (10, 140), "coronal": (40, 190), "sagittal": (35, 160)
 LESION_SIZE = 128
 LESION_EXAMPLES = {"train": 420, "validation": 90, "test": 90}
 LESION_MIN_BRAIN_FRACTION = 0.15
+# 'lesion' cross-validation: fold i holds every example (of all three splits) whose slab is one of
+# the i-th run of SLAB_COUNT / LESION_FOLDS contiguous slabs of its plane (slabs 4i..4i+3).
+LESION_FOLDS = 5
+SLABS_PER_FOLD = SLAB_COUNT // LESION_FOLDS
 
 
 @dataclasses.dataclass
@@ -85,6 +89,11 @@ def grouped_dicom_classes() -> list[str]:
   return [label for label, n in counts.items() if n >= 3]
 
 
+def lesion_fold(source_id: str) -> int:
+  """'MNI152/<plane>/slabNN' -> its 'lesion' fold: NN // SLABS_PER_FOLD (contiguous slab runs)."""
+  return int(source_id.rsplit("slab", 1)[1]) // SLABS_PER_FOLD
+
+
 def png(img: np.ndarray) -> bytes:
   """uint8 HxW -> PNG bytes of a HxWx1 image (TFDS without TensorFlow needs encoded images)."""
   buf = io.BytesIO()
@@ -95,15 +104,18 @@ def png(img: np.ndarray) -> bytes:
 class RadimagenetDemo(tfds_base.RadBuilder):
   """Demo data from nilearn's MNI152 template and pydicom's DICOM files (see README.md)."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "First release.",
+                   "1.1.0": "lesion: masks 0/1 (1 = lesion) as in every builder, was 0/255; "
+                            "fold0..fold4 splits grouped by runs of 4 contiguous slabs."}
   BUILDER_CONFIGS = [
       DemoConfig(name="pretrain", seed=20240607, description=(
           f"{len(MNI_CLASSES) + len(set(s.label for s in sources.DICOM_SOURCES))}-class "
           f"RadImageNet-style task, {PRETRAIN_SIZE}x{PRETRAIN_SIZE}x1 uint8.")),
       DemoConfig(name="lesion", seed=20240608, description=(
           f"Synthetic brain lesion present/absent on MNI152 slices, {LESION_SIZE}x{LESION_SIZE}x1 "
-          "uint8, with the lesion mask.")),
+          "uint8, with the lesion mask (1 = lesion); train/validation/test by slab, "
+          f"fold0..fold{LESION_FOLDS - 1} by runs of {SLABS_PER_FOLD} contiguous slabs.")),
   ]
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -131,14 +143,17 @@ class RadimagenetDemo(tfds_base.RadBuilder):
   def _split_generators(self, dl_manager):
     del dl_manager  # Everything is on disk already, inside installed packages.
     vol = sources.read_mni()
-    dicom = self._read_dicom_sources() if self.builder_config.name == "pretrain" else None
+    if self.builder_config.name == "lesion":
+      # Made once, written twice: in train/validation/test and in the slab-grouped folds.
+      made = {s: list(self._lesion_examples(s, vol)) for s in SPLITS}
+      folds = {f"fold{f}": [(k, ex) for s in SPLITS for k, ex in made[s]
+                            if lesion_fold(ex["source_id"]) == f] for f in range(LESION_FOLDS)}
+      return {name: iter(examples) for name, examples in {**made, **folds}.items()}
+    dicom = self._read_dicom_sources()
     return {s: self._generate_examples(s, vol, dicom) for s in SPLITS}
 
   def _generate_examples(self, split, vol, dicom):
-    if self.builder_config.name == "pretrain":
-      yield from self._pretrain_examples(split, vol, dicom)
-    else:
-      yield from self._lesion_examples(split, vol)
+    yield from self._pretrain_examples(split, vol, dicom)
 
   # ----------------------------------------------------------------------------- pretrain
   def _read_dicom_sources(self) -> dict[str, list[tuple[str, str, np.ndarray]]]:
@@ -228,8 +243,10 @@ class RadimagenetDemo(tfds_base.RadBuilder):
       img = synth.jitter_intensity(img, rng, noise=(1.0, 5.0))
       yield f"{split}/{i:05d}", {
           "image": png(img),
-          "mask": png(mask.astype(np.uint8) * 255),
-          "label": label, "patient_id": sources.MNI_PATIENT,
+          "mask": png(mask.astype(np.uint8)),  # 1 = lesion, as in every builder
+          # The unit that keeps near-identical crops together stands in for the patient (the whole
+          # set comes from one template): the slab, so every split and fold is patient-disjoint.
+          "label": label, "patient_id": f"{sources.MNI_PATIENT}/{plane}/slab{slab:02d}",
           "source_id": f"MNI152/{plane}/slab{slab:02d}",
           "lesion_area": np.int32(info["area"]),
           "lesion_contrast": np.float32(info["contrast"]),

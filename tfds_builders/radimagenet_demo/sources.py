@@ -20,7 +20,7 @@ import os
 
 import numpy as np
 
-from radimagenet_jax.data import readers
+from radimagenet_jax.data.build import readers
 
 DEMO_EXTRA = "pip install 'radimagenet-jax[demo]'"
 MNI_FILE = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"

@@ -24,7 +24,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from radimagenet_jax.data import readers
+from radimagenet_jax.data.build import readers
 from tfds_builders import common
 
 LABELS_CSV = "stage_2_train.csv"
@@ -75,21 +75,26 @@ class RsnaIch(common.SplitBuilder):
     import pydicom
     csv_path = self.require(manual_dir, LABELS_CSV)
     self.require(manual_dir, IMAGES)
-    labels = collections.defaultdict(dict)
+    labels, first_line = collections.defaultdict(dict), {}
     with open(csv_path, newline="") as f:
-      for r in csv.DictReader(f):
-        image_id, _, subtype = r["ID"].strip().rpartition("_")
+      reader = csv.DictReader(f)
+      for r in reader:
+        image_id, _, subtype = (r["ID"] or "").strip().rpartition("_")
         if subtype not in SUBTYPES + ("any",):
           self.source_error(csv_path, f"ID {r['ID']}: subtype {subtype!r} not in "
                             f"{SUBTYPES + ('any',)}")
           continue
-        if r["Label"].strip() not in ("0", "1"):
+        if (r["Label"] or "").strip() not in ("0", "1"):
           self.source_error(csv_path, f"ID {r['ID']}: Label {r['Label']!r} not 0 or 1")
           continue
         labels[image_id][subtype] = int(r["Label"])
+        first_line.setdefault(image_id, reader.line_num)
     items = []
     for image_id, lab in sorted(labels.items()):
-      path = os.fspath(manual_dir / IMAGES / f"{image_id}.dcm")
+      path = self.source_path(manual_dir, manual_dir / IMAGES, f"{image_id}.dcm", source=csv_path,
+                              where=f"line {first_line[image_id]} (ID)")
+      if path is None:
+        continue
       if "any" not in lab:
         self.source_error(csv_path, f"{image_id}: no '{image_id}_any' row")
         continue

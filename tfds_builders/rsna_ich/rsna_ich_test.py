@@ -6,8 +6,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from radimagenet_jax.data import readers
-from radimagenet_jax.data import tfds_base
+from radimagenet_jax.data.build import readers
+from radimagenet_jax.data.build import tfds_base
 from tfds_builders import testing_utils as tu
 from tfds_builders.rsna_ich import rsna_ich as lib
 

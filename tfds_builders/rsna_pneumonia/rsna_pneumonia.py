@@ -23,7 +23,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from radimagenet_jax.data import readers
+from radimagenet_jax.data.build import readers
 from tfds_builders import common
 
 LABELS_CSV = "stage_2_train_labels.csv"
@@ -82,13 +82,19 @@ class RsnaPneumonia(common.SplitBuilder):
   def _list_items(self, manual_dir):
     csv_path = self.require(manual_dir, LABELS_CSV)
     self.require(manual_dir, IMAGES)
-    rows = collections.defaultdict(list)
+    rows, first_line = collections.defaultdict(list), {}
     with open(csv_path, newline="") as f:
-      for r in csv.DictReader(f):
-        rows[r["patientId"].strip()].append(r)
+      reader = csv.DictReader(f)
+      for r in reader:
+        pid = (r["patientId"] or "").strip()
+        rows[pid].append(r)
+        first_line.setdefault(pid, reader.line_num)
     items = []
     for pid, patient_rows in rows.items():
-      path = os.fspath(manual_dir / IMAGES / f"{pid}.dcm")
+      path = self.source_path(manual_dir, manual_dir / IMAGES, f"{pid}.dcm", source=csv_path,
+                              where=f"line {first_line[pid]} (patientId)")
+      if path is None:
+        continue
       targets = {r["Target"].strip() for r in patient_rows}
       if not targets <= {"0", "1"}:
         self.source_error(csv_path, f"patientId {pid}: Target {sorted(targets)} not in 0/1")

@@ -5,8 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from radimagenet_jax.data import readers
-from radimagenet_jax.data import tfds_base
+from radimagenet_jax.data.build import readers
+from radimagenet_jax.data.build import tfds_base
 from tfds_builders import testing_utils as tu
 from tfds_builders.rsna_pneumonia import rsna_pneumonia as lib
 

@@ -7,12 +7,13 @@ evaluation read finished datasets through `radimagenet_jax.data.pipeline`.
     build.build("radimagenet_demo/pretrain", data_dir="~/tensorflow_datasets")
 
 - `driver`: name parsing, builder lookup in the `tfds_builders` packages (imported by name, the
-  plug-in mechanism: no static import of any builder), atomic cached builds.
+  plug-in mechanism: no static import of any builder), atomic cached builds, a plain report.
+- `recovery`: the build lock, and the repair of what a killed build left behind (`recover`).
 - `tfds_base`: `RadBuilder`, the base class of every builder (error modes, skipped-file lists).
 - `readers`: DICOM / NIfTI / PNG / JPEG readers and CT windowing used by the builders.
 """
 from radimagenet_jax.data.build.driver import (FILE_FORMAT, available_datasets, build,
-                                               builder_class, make_builder, parse_name)
+                                               builder_class, make_builder, parse_name, recover)
 
 __all__ = ["FILE_FORMAT", "available_datasets", "build", "builder_class", "make_builder",
-           "parse_name"]
+           "parse_name", "recover"]

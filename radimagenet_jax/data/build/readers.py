@@ -13,6 +13,7 @@ use, so that a builder can hand the reason to `RadBuilder.source_error(path, rea
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 
@@ -94,12 +95,23 @@ def read_image(path) -> np.ndarray:
   """Reads a PNG/JPEG/BMP/TIFF as uint8 HxW (grayscale) or HxWx3 (RGB).
 
   Alpha is dropped; 16-bit grayscale is scaled by 255/65535; palette images become RGB unless their
-  palette is gray.
+  palette is gray. An image of more than PIL's `Image.MAX_IMAGE_PIXELS` pixels (a decompression
+  bomb: a few bytes on disk that would decode to gigabytes) is a ReaderError, read from the header
+  before anything is decoded.
   """
   from PIL import Image, UnidentifiedImageError
   path = os.fspath(path)
   try:
-    with Image.open(path) as img:
+    with warnings.catch_warnings():
+      # PIL warns (and decodes) between 1x and 2x MAX_IMAGE_PIXELS, raises above: refuse both.
+      warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+      img = Image.open(path)
+    with img:
+      limit = Image.MAX_IMAGE_PIXELS
+      if limit and img.width * img.height > limit:
+        raise Image.DecompressionBombError(
+            f"{img.width}x{img.height} = {img.width * img.height} pixels, above PIL's limit of "
+            f"{limit} (Image.MAX_IMAGE_PIXELS)")
       img.load()
       mode = img.mode
       if mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -111,6 +123,9 @@ def read_image(path) -> np.ndarray:
       if mode in ("L", "LA", "1"):
         return np.asarray(img.convert("L"), dtype=np.uint8)
       rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
+  except Image.DecompressionBombError as e:
+    raise ReaderError(path, f"image too large, refused as a possible decompression bomb "
+                      f"({e})") from e
   except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
     raise ReaderError(path, f"not a readable image ({type(e).__name__}: {e})") from e
   if mode == "P" and (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():

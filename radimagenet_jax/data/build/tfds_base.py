@@ -19,6 +19,10 @@ only on its seed writes the same bytes on every build.
 
 Builders that read a manually downloaded release call `self.manual_path(dl_manager, "file.csv")`
 for each file they need: a wrong `--manual_dir` then fails with MANUAL_DOWNLOAD_INSTRUCTIONS.
+Every path made from the CONTENT of a source file (a CSV row, an id turned into a file name) goes
+through `self.source_path(manual_dir, base, name, source=csv, where="line 7")`: a name that
+resolves outside manual_dir (`../x`, an absolute path, a symlink out of the release) is a bad row
+of `source`, never read.
 
 Usage in a builder::
 
@@ -41,15 +45,16 @@ import collections
 import contextlib
 import csv
 import io
+import logging
 import os
 from typing import Iterable
 
-from absl import logging
 import tensorflow_datasets as tfds
 
 SKIPPED_FILES_NAME = "skipped_files.tsv"
 ON_ERROR_CHOICES = ("fail", "skip")
 _DESCRIPTION_MARKER = "\n\nSkipped source files:"
+log = logging.getLogger(__name__)
 
 
 class SourceFileError(RuntimeError):
@@ -62,6 +67,17 @@ class SourceFileError(RuntimeError):
         f"Bad source file {self.path}: {reason}. Fix or remove the file, or rebuild with "
         "on_error='skip' (`radimagenet-jax build ... --on_error=skip`) to skip it and list it in "
         f"{SKIPPED_FILES_NAME}.")
+
+
+def inside(root, path) -> bool:
+  """Whether `path` lies inside the folder `root` once symlinks and `..` are resolved
+  (os.path.realpath of both). A path that cannot be resolved (a NUL byte in it) is not inside."""
+  try:
+    real_root = os.path.realpath(os.fspath(root))
+    real = os.path.realpath(os.fspath(path))
+    return os.path.commonpath([real_root, real]) == real_root
+  except (ValueError, TypeError, OSError):
+    return False
 
 
 def format_skipped_summary(skipped: Iterable[tuple[str, str]]) -> str:
@@ -137,8 +153,23 @@ class RadBuilder(tfds.core.GeneratorBasedBuilder):
     reason = " ".join(str(reason).split())
     if self.on_error == "fail":
       raise SourceFileError(path, reason)
-    logging.warning("Skipping source file %s: %s", path, reason)
+    # One line per file at INFO; the build's summary gives the count and the list's path.
+    log.info("Skipping source file %s: %s", path, reason)
     self._skipped.append((path, reason))
+
+  def source_path(self, manual_dir, base, name: str, *, source, where: str):
+    """`base/name` for a file name (or id) read from the source file `source`, or None after
+    `source_error(source, ...)` when it resolves outside `manual_dir` (symlinks followed).
+
+    The check comes before any look at the file, and the error reads the same whether or not the
+    outside path exists. `where` names the row, e.g. "line 7".
+    """
+    path = os.path.join(os.fspath(base), name)
+    if inside(manual_dir, path):
+      return path
+    self.source_error(source, f"{where}: {name!r} resolves outside --manual_dir "
+                      f"{os.fspath(manual_dir)}; paths in the release's files must stay inside it")
+    return None
 
   def manual_path(self, dl_manager, *relative: str):
     """`dl_manager.manual_dir / relative...`, or FileNotFoundError naming it, with the instructions.
