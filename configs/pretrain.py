@@ -13,9 +13,8 @@ The ``:arg`` is a comma-separated list of variants and ``key=value`` settings:
   model=NAME   resnet50 | densenet121 | inception_v3 | inception_resnet_v2
 Any field can then be overridden with ``--config.KEY=VALUE``; unknown keys are errors.
 """
-import ml_collections
-
 from radimagenet_jax import config_arg
+from radimagenet_jax.train import config
 
 VARIANTS = ("demo", "radimagenet", "tiny")
 
@@ -24,49 +23,10 @@ def get_config(arg=None):
   """Returns the pretraining ConfigDict for the variants in ``arg`` (see module docstring)."""
   variants, settings = config_arg.parse(arg, variants=VARIANTS, settings=("model",),
                                         where="configs/pretrain.py")
-  c = ml_collections.ConfigDict()
-
-  # Data.
-  c.dataset = "radimagenet/default"    # TFDS name[/config]; built with `radimagenet-jax build`
-  c.data_dir = ""                      # TFDS data dir ("": $TFDS_DATA_DIR or ~/tensorflow_datasets)
-  c.build_dataset = False              # build the TFDS dataset first if it is missing
-  c.train_split = "train"
-  c.eval_split = "validation"
-  c.image_size = 224
-  c.preprocess = "radimagenet"         # radimagenet | caffe | imagenet | unit | tf
-  c.augment = "none"                   # none | paper | paper_noflip
-  c.worker_count = 0                   # grain worker processes (0: in the main process)
-
-  # Model.
+  # Every field and its default is written once, in the engine (radimagenet_jax/train/config.py);
+  # the defaults are RadImageNet pretraining's. `radimagenet-jax pretrain --help` lists them.
+  c = config.base_config()
   c.model = settings.get("model", "resnet50")
-  c.num_classes = 0                    # 0: from the dataset's label feature
-  c.dropout_rate = 0.5
-  c.dtype = "float32"                  # compute dtype: float32 | bfloat16 (params stay float32)
-  # Evaluate/checkpoint BatchNorm running statistics with the weight of their initial values
-  # (0.99**step) divided out; matters for short runs only (see train/state.bn_bias_corrected).
-  c.bn_bias_correction = True
-
-  # Optimisation. batch_size is GLOBAL (split over all processes and devices).
-  c.batch_size = 512
-  c.eval_batch_size = 0                # 0: same as batch_size
-  c.num_train_steps = 0                # > 0 wins over num_epochs
-  c.num_epochs = 30.0
-  c.optimizer = "sgd"                  # sgd | adam | adamw
-  c.learning_rate = 0.1                # peak, reached after the warmup
-  c.momentum = 0.9                     # sgd momentum; adam/adamw b1
-  c.weight_decay = 1e-4                # sgd/adam: L2 added to the gradient; adamw: decoupled
-  c.warmup_steps = 0                   # > 0 wins over warmup_epochs
-  c.warmup_epochs = 1.0
-  c.schedule = "cosine"                # cosine | constant (both after the linear warmup)
-
-  # Bookkeeping.
-  c.log_every = 100
-  c.eval_every = 0                     # 0: only at the end
-  c.eval_steps = 0                     # 0: the whole eval split (remainder batch dropped)
-  c.checkpoint_every = 1000
-  c.keep_checkpoints = 3
-  c.seed = 0
-  c.progress_bar = True
 
   if "radimagenet" in variants:
     c.dataset, c.image_size, c.num_classes = "radimagenet/default", 224, 165

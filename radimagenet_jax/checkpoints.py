@@ -37,10 +37,11 @@ def _grain_handler():
 
 def manager(workdir: str | os.PathLike, *, keep: int | None = None,
             read_only: bool = False) -> ocp.CheckpointManager:
-  """The CheckpointManager of ``<workdir>/checkpoints``; keeps the ``keep`` most recent steps."""
+  """The CheckpointManager of ``<workdir>/checkpoints``; keeps the ``keep`` most recent steps
+  (None or 0: all)."""
   directory = os.path.join(os.path.abspath(os.fspath(workdir)), CHECKPOINT_SUBDIR)
   # Readers open with create=False (nothing is written); not read_only=True, which only warns.
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only)
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep or None, create=not read_only)
   handlers = {VARIABLES: ocp.StandardCheckpointHandler(), TRAIN: ocp.StandardCheckpointHandler(),
               METADATA: ocp.JsonCheckpointHandler(), DATA_ITER: _grain_handler()}
   return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
@@ -127,20 +128,24 @@ def restore(mngr: ocp.CheckpointManager, step: int, *, variables, train_state, d
 
 
 def save_variables(directory: str | os.PathLike, variables, *, model_name: str, num_classes: int,
-                   extra_metadata: Mapping[str, Any] | None = None) -> str:
+                   extra_metadata: Mapping[str, Any] | None = None, step: int = 0,
+                   keep: int | None = None) -> str:
   """Writes model variables as an Orbax checkpoint that ``load_variables`` (and
-  ``models.create(weights=directory)``) reads. Returns the step folder written (step 0)."""
+  ``models.create(weights=directory)``) reads. Returns the step folder written.
+
+  ``step``/``keep``: a 'best' checkpoint is written at its training step with ``keep=1``, so the
+  new one is complete on disk before the old one is removed."""
   directory = os.path.abspath(os.fspath(directory))
   variables = {k: variables[k] for k in VARIABLE_COLLECTIONS if k in variables}
-  metadata = {"model_name": model_name, "num_classes": int(num_classes), "step": 0,
+  metadata = {"model_name": model_name, "num_classes": int(num_classes), "step": int(step),
               **dict(extra_metadata or {})}
-  with manager(directory) as mngr:
+  with manager(directory, keep=keep) as mngr:
     if mngr.latest_step() is not None:
       check_identity(read_metadata(directory), metadata, directory)
-    mngr.save(0, args=ocp.args.Composite(**{VARIABLES: ocp.args.StandardSave(variables),
-                                            METADATA: ocp.args.JsonSave(metadata)}), force=True)
+    mngr.save(step, args=ocp.args.Composite(**{VARIABLES: ocp.args.StandardSave(variables),
+                                               METADATA: ocp.args.JsonSave(metadata)}), force=True)
     mngr.wait_until_finished()
-  return os.path.join(directory, CHECKPOINT_SUBDIR, "0")
+  return os.path.join(directory, CHECKPOINT_SUBDIR, str(step))
 
 
 def load_variables(directory: str | os.PathLike, model_name: str | None = None,

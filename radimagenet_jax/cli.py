@@ -10,10 +10,20 @@ import argparse
 import sys
 
 
-def _config_command(argv, command):
-  """Parses --config/--workdir/--config.key=value with ml_collections' absl flags."""
+def _config_command(argv, command, *, config_required=True, extra_flags=()):
+  """Parses --config/--workdir/--config.key=value with ml_collections' absl flags.
+
+  ``extra_flags``: (name, default, help) string flags of the command, returned as a dict."""
   from absl import flags
   from ml_collections import config_flags
+  from radimagenet_jax import config_files
+  argv = list(argv)
+  for i, a in enumerate(argv):  # --config resolves from the installed package when not found here
+    if a.startswith("--config=") and not any(h in argv for h in ("-h", "--help", "--helpfull")):
+      try:
+        argv[i] = "--config=" + config_files.resolve(a[len("--config="):])
+      except FileNotFoundError as e:
+        raise SystemExit(f"radimagenet-jax {command}: error: {e}")
   fv = flags.FlagValues()
   # sys_argv: ml_collections finds the --config.KEY=VALUE overrides there (default: sys.argv).
   config_flags.DEFINE_config_file("config", None, "Config file (configs/<name>.py[:arg]).",
@@ -21,12 +31,21 @@ def _config_command(argv, command):
                                   sys_argv=[f"radimagenet-jax {command}"] + list(argv))
   flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the config used.",
                       flag_values=fv)
+  for name, default, help_text in extra_flags:
+    flags.DEFINE_string(name, default, help_text, flag_values=fv)
   if any(a in ("-h", "--help", "--helpfull") for a in argv):
+    given = next((a[len("--config="):] for a in argv if a.startswith("--config=")), None)
+    extra = "".join(f"\n  --{name:<8} {help_text}" for name, _, help_text in extra_flags)
     print(f"usage: radimagenet-jax {command} --config=configs/FILE.py[:ARG] --workdir=DIR "
           f"[--config.KEY=VALUE ...]\n\n{_COMMANDS[command][1]}\n\n"
-          "  --config   config file, with an optional ':arg' variant (e.g. configs/pretrain.py:demo)\n"
+          "  --config   config file, with an optional ':arg' variant (e.g. "
+          f"{_DEFAULT_CONFIG.get(command, 'configs/pretrain.py:demo')})\n"
           "  --workdir  run directory (checkpoints, metrics, config.json)\n"
-          "  --config.KEY=VALUE  override any config field")
+          f"  --config.KEY=VALUE  override any config field{extra}\n")
+    try:
+      print(config_files.describe(given or _DEFAULT_CONFIG.get(command, "configs/pretrain.py")))
+    except (FileNotFoundError, ValueError) as e:
+      print(f"(cannot describe the config: {e})")
     raise SystemExit(0)
   try:
     fv([f"radimagenet-jax {command}"] + list(argv))
@@ -38,9 +57,11 @@ def _config_command(argv, command):
       message = message.replace("\\n", ". ").replace("\\'", "").strip("'")
       message = f"unknown config key {' '.join(message.split())}"
     raise SystemExit(f"radimagenet-jax {command}: {message}{_valid_config_keys(e, argv)}")
-  if fv.config is None or fv.workdir is None:
+  if (config_required and fv.config is None) or fv.workdir is None:
     raise SystemExit(f"radimagenet-jax {command}: --config and --workdir are required "
                      f"(see radimagenet-jax {command} --help).")
+  if extra_flags:
+    return fv.config, fv.workdir, {name: fv[name].value for name, _, _ in extra_flags}
   return fv.config, fv.workdir
 
 
@@ -62,14 +83,63 @@ def _valid_config_keys(error, argv):
 
 def _pretrain(argv):
   config, workdir = _config_command(argv, "pretrain")
-  from radimagenet_jax.train import loop
-  loop.train_and_evaluate(config, workdir)
+  from radimagenet_jax import pretrain
+  pretrain.train_and_evaluate(config, workdir)
 
 
 def _evaluate(argv):
-  config, workdir = _config_command(argv, "evaluate")
-  from radimagenet_jax.train import loop
-  loop.evaluate(config, workdir)
+  config, workdir, extra = _config_command(
+      argv, "evaluate", config_required=False,
+      extra_flags=(("step", None, "checkpoint step (default: the latest)"),
+                   ("split", None, "split to evaluate (default: the config's eval_split)")))
+  from radimagenet_jax.train import evaluation
+  evaluation.evaluate_workdir(workdir, step=extra["step"], split=extra["split"], config=config)
+
+
+def _finetune(argv):
+  config, workdir = _config_command(argv, "finetune")
+  from radimagenet_jax.finetune import run
+  run.finetune(config, workdir)
+
+
+def _sweep(argv):
+  config, workdir = _config_command(argv, "sweep")
+  from radimagenet_jax.finetune import sweep_command
+  failed = sweep_command.run(config, workdir)
+  if failed:
+    raise RuntimeError(f"{failed} run(s) of the sweep failed; see {workdir}/results.csv "
+                       f"(re-running the command retries them).")
+
+
+def _report(argv):
+  p = argparse.ArgumentParser(prog="radimagenet-jax report", description=_COMMANDS["report"][1])
+  p.add_argument("dirs", nargs="+", help="a sweep directory, or two or more run directories")
+  p.add_argument("--out", default=None, help="output directory (default: the sweep directory, or "
+                 "the first run directory's parent)")
+  p.add_argument("--baseline", default=None, help="the init every other init is compared with "
+                 "(default: the second in sweep.json, e.g. imagenet)")
+  args = p.parse_args(argv)
+  from radimagenet_jax import evaluate
+  rep = evaluate.write_report(args.dirs, out_dir=args.out, baseline=args.baseline)
+  for summary_line in _report_lines(rep):
+    print(summary_line)
+  for f in rep["files"]:
+    print(f"wrote {f}")
+
+
+def _report_lines(rep) -> list[str]:
+  lines = []
+  for init, s in (rep.get("summary") or {}).items():
+    if s.get("mean") is not None:
+      sd = "" if s.get("sd") is None else f" +- {s['sd']:.3f}"
+      lines.append(f"{init}: AUC {s['mean']:.3f}{sd} over {s['n']} scenario(s)")
+  for c in rep.get("comparison_summary") or []:
+    gain = (c.get("gain") or {}).get("mean")
+    if gain is not None:
+      lines.append(f"{c['a']} vs {c['b']}: mean gain {100 * gain:+.1f}%, "
+                   f"{c.get('a_better_p05', 0)} scenario(s) significantly better, "
+                   f"{c.get('b_better_p05', 0)} worse (paired DeLong, p < 0.05)")
+  return lines
 
 
 def _gradcam(argv):
@@ -112,11 +182,21 @@ def _build(argv):
               on_error=args.on_error, overwrite=args.overwrite)
 
 
+_DEFAULT_CONFIG = {"pretrain": "configs/pretrain.py:demo", "finetune": "configs/finetune.py:demo",
+                   "sweep": "configs/finetune.py:demo", "gradcam": "configs/gradcam.py:demo",
+                   "evaluate": "configs/pretrain.py:demo"}
+
 _COMMANDS = {
     "pretrain": (_pretrain, "Train a CNN from a config (demo or RadImageNet pretraining); "
                  "resumes from the latest checkpoint in --workdir."),
-    "evaluate": (_evaluate, "Evaluate the latest checkpoint in --workdir on the config's "
-                 "evaluation split (loss, top-1, top-5)."),
+    "finetune": (_finetune, "Fine-tune one model on a downstream data set (init weights, freeze "
+                 "mode, learning rate, fold); test metrics with the best validation epoch."),
+    "sweep": (_sweep, "Run the paper's fine-tuning scenarios x inits x folds (resumable, "
+              "shardable with --config.shard=i/n); writes results.csv."),
+    "report": (_report, "AUCs with DeLong CIs, paired DeLong tests and gains between inits, from "
+               "a sweep (or run) directory: report.md, report.json, PNGs."),
+    "evaluate": (_evaluate, "Evaluate a workdir's checkpoint (latest or --step) on its config's "
+                 "evaluation split (or --split); the config is read from the workdir."),
     "gradcam": (_gradcam, "Grad-CAM maps, Dice against lesion masks and statistics between two "
                 "models."),
     "convert": (_convert, "Convert a Keras .h5 weight file into an Orbax checkpoint."),
@@ -127,7 +207,8 @@ _COMMANDS = {
 
 # ValueError covers unknown names/modes, CheckpointMismatchError and file-format errors;
 # FloatingPointError is the NaN/Inf-loss stop; RuntimeError covers SourceFileError in builds.
-_USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, RuntimeError)
+_USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, RuntimeError,
+                PermissionError, NotADirectoryError, IsADirectoryError)
 
 
 def main(argv=None):
@@ -142,8 +223,12 @@ def main(argv=None):
     print(f"radimagenet-jax: unknown command {argv[0]!r}; valid commands: "
           f"{', '.join(_COMMANDS)}", file=sys.stderr)
     return 2
+  from radimagenet_jax.train import preemption
   try:
     _COMMANDS[argv[0]][0](argv[1:])
+  except preemption.Preempted as e:
+    print(f"radimagenet-jax {argv[0]}: {e}", file=sys.stderr)
+    return preemption.EXIT_CODE
   except _USER_ERRORS as e:
     # Bad input (unknown model, mismatched workdir, corrupt file, NaN loss, ...): the message
     # already names the file / value and what was expected; a traceback would only bury it.

@@ -17,6 +17,7 @@ import pytest
 from radimagenet_jax import distributed
 from radimagenet_jax.models import registry
 from radimagenet_jax import checkpoints as ckpt_lib
+from radimagenet_jax import pretrain as pretrain_lib
 from radimagenet_jax.train import loop, optim, state as state_lib, steps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,6 +35,8 @@ class TinyCNN(nn.Module):
   dtype: object = None
   frozen_bn: tuple = ()
   spec_name = "tiny_cnn"
+  min_size, default_size, feature_layer, keras_application = 8, 16, "conv", ""
+  layer_table = classmethod(lambda cls: [])
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -70,9 +73,8 @@ def tiny_setup(monkeypatch):
   """Registers the tiny models and the in-memory dataset for the duration of one test."""
   registry._ensure_loaded()
   for cls in (TinyCNN, TinyCNNWide):
-    monkeypatch.setitem(registry._REGISTRY, cls.spec_name,
-                        registry.ModelSpec(cls.spec_name, cls, lambda: [], 8, 16, "conv", ""))
-  monkeypatch.setattr(loop, "_open", _fake_open)
+    monkeypatch.setitem(registry._REGISTRY, cls.spec_name, registry.ModelSpec(cls))
+  monkeypatch.setattr(pretrain_lib, "_open", _fake_open)
 
 
 def _config(**overrides):
@@ -153,7 +155,7 @@ def test_bn_bias_correction_recovers_the_average_of_the_batch_statistics():
 
 def test_interrupted_and_resumed_run_ends_with_identical_params(tiny_setup, tmp_path, monkeypatch):
   config = _config()
-  loop.train_and_evaluate(config, str(tmp_path / "straight"))
+  pretrain_lib.train_and_evaluate(config, str(tmp_path / "straight"))
 
   calls = {"n": 0}
   to_global = distributed.to_global
@@ -166,10 +168,10 @@ def test_interrupted_and_resumed_run_ends_with_identical_params(tiny_setup, tmp_
 
   monkeypatch.setattr(distributed, "to_global", interrupt_at_step_5)
   with pytest.raises(KeyboardInterrupt):
-    loop.train_and_evaluate(config, str(tmp_path / "resumed"))
+    pretrain_lib.train_and_evaluate(config, str(tmp_path / "resumed"))
   assert ckpt_lib.latest_step(tmp_path / "resumed") == 4
   monkeypatch.setattr(distributed, "to_global", to_global)
-  summary = loop.train_and_evaluate(config, str(tmp_path / "resumed"))
+  summary = pretrain_lib.train_and_evaluate(config, str(tmp_path / "resumed"))
 
   assert summary["step"] == 6 == ckpt_lib.latest_step(tmp_path / "resumed")
   straight_vars = _latest_variables(tmp_path / "straight")
@@ -191,22 +193,22 @@ def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tiny_setu
   config = _config(optimizer="sgd", learning_rate=1e30, schedule="constant", warmup_steps=0,
                    warmup_epochs=0.0, checkpoint_every=1, log_every=100, augment="none")
   with pytest.raises(loop.NonFiniteLossError, match=r"NaN/Inf at step 2\b.*checkpoint \(step 1\)"):
-    loop.train_and_evaluate(config, str(tmp_path))
+    pretrain_lib.train_and_evaluate(config, str(tmp_path))
   assert ckpt_lib.latest_step(tmp_path) == 1
   assert all(np.isfinite(a).all() for a in jax.tree.leaves(_latest_params(tmp_path)))
 
 
 def test_workdir_with_another_models_checkpoint_is_refused_and_left_untouched(tiny_setup,
                                                                               tmp_path):
-  loop.train_and_evaluate(_config(num_train_steps=2), str(tmp_path))
+  pretrain_lib.train_and_evaluate(_config(num_train_steps=2), str(tmp_path))
   before = {p: os.stat(os.path.join(r, p)).st_mtime_ns
             for r, _, files in os.walk(tmp_path) for p in files}
   with pytest.raises(ckpt_lib.CheckpointMismatchError,
                      match=r"model_name='tiny_cnn'.*model_name='tiny_cnn_wide'"):
-    loop.train_and_evaluate(_config(model="tiny_cnn_wide"), str(tmp_path))
+    pretrain_lib.train_and_evaluate(_config(model="tiny_cnn_wide"), str(tmp_path))
   with pytest.raises(ckpt_lib.CheckpointMismatchError, match=r"image_size: checkpoint has 16, "
                      r"requested 24"):
-    loop.train_and_evaluate(_config(image_size=24), str(tmp_path))
+    pretrain_lib.train_and_evaluate(_config(image_size=24), str(tmp_path))
   after = {p: os.stat(os.path.join(r, p)).st_mtime_ns
            for r, _, files in os.walk(tmp_path) for p in files}
   assert after == before
@@ -222,7 +224,7 @@ def test_workdir_with_another_models_checkpoint_is_refused_and_left_untouched(ti
 def test_unknown_choice_is_an_error_listing_valid_choices(tiny_setup, tmp_path, key, value,
                                                            expected):
   with pytest.raises(ValueError, match=expected):
-    loop.train_and_evaluate(_config(**{key: value}), str(tmp_path))
+    pretrain_lib.train_and_evaluate(_config(**{key: value}), str(tmp_path))
   assert not os.listdir(tmp_path)
 
 
@@ -231,7 +233,7 @@ def test_unknown_config_key_is_an_error_listing_valid_keys(tmp_path):
   config.learning_rat = 0.1
   with pytest.raises(ValueError, match=r"unknown keys \['learning_rat'\]; valid keys: .*"
                      r"learning_rate"):
-    loop.train_and_evaluate(config, str(tmp_path))
+    pretrain_lib.train_and_evaluate(config, str(tmp_path))
 
 
 def test_config_variants_combine():
@@ -241,7 +243,7 @@ def test_config_variants_combine():
   assert (r.image_size, r.batch_size, r.num_classes) == (224, 512, 165)
   with pytest.raises(ValueError, match="valid variants: demo, radimagenet, tiny"):
     pretrain.get_config("demo,tiniest")
-  loop.validate_config(c)
+  pretrain_lib.validate_config(c)
 
 
 @pytest.mark.parametrize("arg", ["demo", "radimagenet", "tiny"])

@@ -253,7 +253,10 @@ def write_report(paths, out_dir=None, baseline: str | None = None) -> dict:
                        f"({usable[0]['class_names']} vs {r['class_names']}); only runs of the same "
                        f"task can be compared.")
   class_names = usable[0]["class_names"] if usable else None
-  inits = list(dict.fromkeys(list(settings.get("inits") or []) + [r["init"] for r in runs
+  # The sweep's own order (candidate first, baseline second): `settings.init_order`, as the sweep
+  # command records it; sweep.json's identity lists the inits sorted.
+  ordered = (settings.get("settings") or {}).get("init_order") or settings.get("inits") or []
+  inits = list(dict.fromkeys(list(ordered) + [r["init"] for r in runs
                                                                   if r["init"] is not None]))
   if baseline is not None and baseline not in inits:
     raise ValueError(f"baseline {baseline!r} is not one of the inits {inits}.")

@@ -1,4 +1,9 @@
-"""The learning-rate schedule and the optimizer named by the config."""
+"""The learning-rate schedule, the optimizer named by the config, and freezing through an optax mask.
+
+Freezing (fine-tuning's `freeze` modes) wraps the WHOLE chain: frozen parameters get
+`optax.set_to_zero()` (no update, no weight decay, no momentum) and the inner optimizer keeps no
+state for them (`optax.multi_transform` masks its inner transformation).
+"""
 from __future__ import annotations
 
 import jax
@@ -37,11 +42,21 @@ def create_optimizer(config, learning_rate_fn) -> optax.GradientTransformation:
   if name == "sgd":
     tx = optax.sgd(learning_rate_fn, momentum=config.momentum or None, nesterov=False)
   elif name == "adam":
-    tx = optax.adam(learning_rate_fn, b1=config.momentum)
+    tx = optax.adam(learning_rate_fn, b1=config.momentum, eps=config.adam_epsilon)
   elif name == "adamw":
-    return optax.adamw(learning_rate_fn, b1=config.momentum, weight_decay=wd, mask=_decay_mask)
+    return optax.adamw(learning_rate_fn, b1=config.momentum, eps=config.adam_epsilon,
+                       weight_decay=wd, mask=_decay_mask)
   else:
     raise ValueError(f"config.optimizer={name!r}; valid choices: {', '.join(OPTIMIZERS)}.")
   if wd:
     tx = optax.chain(optax.add_decayed_weights(wd, mask=_decay_mask), tx)
   return tx
+
+
+def freeze(tx: optax.GradientTransformation, trainable) -> optax.GradientTransformation:
+  """``tx`` for the parameters where the boolean pytree ``trainable`` is True; zero updates and no
+  optimizer state for the others. ``trainable=None``: everything trains (``tx`` unchanged)."""
+  if trainable is None:
+    return tx
+  labels = jax.tree.map(lambda t: "trainable" if t else "frozen", trainable)
+  return optax.multi_transform({"trainable": tx, "frozen": optax.set_to_zero()}, labels)

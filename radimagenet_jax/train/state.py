@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from radimagenet_jax import models
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -57,16 +59,21 @@ def bn_bias_corrected(batch_stats, step: int, momentum: float = 0.99):
 
 
 def create(model, tx: optax.GradientTransformation, seed: int, image_size: int,
-           sharding=None) -> TrainState:
-  """Initialises params/batch_stats (float32) and the optimizer state, placed with ``sharding``
-  (replicated on the mesh in training) directly by the jitted init, never via host copies."""
+           sharding=None, variables=None) -> TrainState:
+  """The initial train state, placed with ``sharding`` (replicated on the mesh in training)
+  directly by the jitted init, never via host copies.
+
+  ``variables``: starting {'params', 'batch_stats'} (fine-tuning: loaded weights with a fresh
+  head); None initialises them randomly from ``seed`` (pretraining).
+  """
   init_key, dropout_key = jax.random.split(jax.random.PRNGKey(seed))
 
-  def init():
-    x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-    variables = model.init({"params": init_key, "dropout": init_key}, x, train=False)
-    params = variables["params"]
+  if variables is None:
+    variables = models.init_variables(model, init_key, image_size)
+
+  def init(given):
+    params = given["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
+                      batch_stats=given.get("batch_stats", {}), opt_state=tx.init(params),
                       rng=dropout_key)
-  return jax.jit(init, out_shardings=sharding)()
+  return jax.jit(init, out_shardings=sharding)(variables)

@@ -52,12 +52,21 @@ def _inputs(batch, preprocess_mode):
   return images if preprocess_mode is None else preprocess(images, preprocess_mode)
 
 
-def train_step(state: TrainState, metrics, batch, *, model, tx, preprocess_mode=None):
-  """One SGD update on a global batch; returns (new state, updated metric sums)."""
+def train_step(state: TrainState, metrics, batch, *, model, tx, preprocess_mode=None,
+               trainable=None):
+  """One update on a global batch; returns (new state, updated metric sums).
+
+  ``trainable``: None (all parameters train) or a boolean pytree like the params. Frozen
+  parameters enter the forward pass through ``stop_gradient``, so no gradient is computed for them
+  at all (with ``freeze='head'`` the backbone's backward pass disappears from the compiled step);
+  ``tx`` (``optim.freeze``) gives them zero updates.
+  """
   # A fresh dropout key per step that depends only on (seed, step): resumed runs draw the same.
   dropout_rng = jax.random.fold_in(state.rng, state.step)
 
   def loss_fn(params):
+    if trainable is not None:
+      params = jax.tree.map(lambda p, t: p if t else jax.lax.stop_gradient(p), params, trainable)
     logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats},
                                   _inputs(batch, preprocess_mode), train=True,
                                   mutable=["batch_stats"],
@@ -94,10 +103,11 @@ def eval_step(variables, metrics, batch, *, model, preprocess_mode=None):
           "confusion": metrics["confusion"] + confusion}
 
 
-def compile_train_step(model, tx, mesh, preprocess_mode=None):
+def compile_train_step(model, tx, mesh, preprocess_mode=None, trainable=None):
   """jit of train_step with explicit shardings; state and metrics are donated."""
   rep, data = distributed.replicated(mesh), distributed.data_sharded(mesh)
-  fn = functools.partial(train_step, model=model, tx=tx, preprocess_mode=preprocess_mode)
+  fn = functools.partial(train_step, model=model, tx=tx, preprocess_mode=preprocess_mode,
+                         trainable=trainable)
   return jax.jit(fn, in_shardings=(rep, rep, data), out_shardings=(rep, rep),
                  donate_argnums=(0, 1))
 
@@ -110,6 +120,26 @@ def compile_eval_step(model, mesh, preprocess_mode=None):
   return jax.jit(functools.partial(eval_step, model=model, preprocess_mode=preprocess_mode),
                  in_shardings=(rep, rep, data),
                  out_shardings=rep, donate_argnums=(1,))
+
+
+def predict_step(variables, batch, *, model, preprocess_mode=None):
+  """Softmax probabilities (float32) of a global batch, in inference mode."""
+  logits = model.apply(variables, _inputs(batch, preprocess_mode), train=False)
+  return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+
+@functools.lru_cache(maxsize=8)
+def compile_predict_step(model, mesh, preprocess_mode=None):
+  rep, data = distributed.replicated(mesh), distributed.data_sharded(mesh)
+  return jax.jit(functools.partial(predict_step, model=model, preprocess_mode=preprocess_mode),
+                 in_shardings=(rep, data), out_shardings=data)
+
+
+@jax.jit
+def all_finite(tree) -> jax.Array:
+  """True when every leaf of ``tree`` is finite (one reduction on the device)."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
 def summarize(metrics) -> dict:

@@ -1,0 +1,101 @@
+r"""Fine-tuning on the paper's downstream data sets (FIDELITY.md "Downstream fine-tuning").
+
+Usage:
+  radimagenet-jax finetune --config=configs/finetune.py:busi,model=resnet50,init=radimagenet,freeze=top10,lr=1e-3,fold=0 \
+      --workdir=runs/busi_r50_top10 --config.inits.radimagenet.resnet50=weights/RadImageNet-ResNet50_notop.h5
+  radimagenet-jax sweep --config=configs/finetune.py:busi,sweep=paper --workdir=runs/busi_sweep
+  radimagenet-jax finetune --config=configs/finetune.py:demo --workdir=runs/ft_demo
+
+The ``:arg`` is a comma-separated list of one data set variant and ``key=value`` settings:
+  busi, ddti, mrnet_acl, mrnet_meniscus, rsna_pneumonia, rsna_ich, cc_ccii   the paper's sets
+  demo         radimagenet_demo/lesion at 64x64: minutes on a 2-core CPU (init: the README's
+               pretraining demo checkpoint runs/demo, or random)
+  tiny         the demo data at 32x32, a few steps: smoke tests
+  model=NAME   resnet50 | densenet121 | inception_v3 | inception_resnet_v2
+  init=INIT    random | a label of config.inits (radimagenet, imagenet, demo) | a .h5 / checkpoint path
+  freeze=MODE  all | head (the paper's "freeze all") | top10 | top<N> | rules:REGEX=train|freeze;...
+  lr=FLOAT     learning rate (Adam with Keras's defaults)
+  fold=K       test on fold K of the fold0..fold4 splits (0..4), `none` (train/validation/test)
+  sweep=NAME   paper (24 scenarios x inits x folds) | demo, for `radimagenet-jax sweep`
+Defaults follow the official scripts: Adam (lr 1e-3, epsilon 1e-7), 30 epochs, 256x256 inputs, batch
+256, the data set's augmentation, validation every epoch, the checkpoint of the lowest validation loss
+kept as `best` and used for the test metrics; `preprocess=auto` picks `radimagenet` for RadImageNet
+weights and Keras's own mode for ImageNet weights.
+"""
+import ml_collections
+
+from radimagenet_jax import config_arg
+from radimagenet_jax.train import config
+
+# variant -> (TFDS dataset, augmentation preset, cross-validated); FIDELITY.md "Augmentation".
+DATASETS = {
+    "busi": ("busi/benign_vs_malignant", "paper", True),
+    "ddti": ("ddti/tirads4", "paper", True),
+    "mrnet_acl": ("mrnet/acl_sagittal", "paper", True),
+    "mrnet_meniscus": ("mrnet/meniscus_sagittal", "paper", True),
+    "rsna_pneumonia": ("rsna_pneumonia/default", "paper_noflip", False),
+    "rsna_ich": ("rsna_ich/any", "paper_noflip", False),
+    "cc_ccii": ("cc_ccii/ncp_vs_cp", "paper_noflip", False),
+    "demo": ("radimagenet_demo/lesion", "paper", True),
+    "tiny": ("radimagenet_demo/lesion", "none", True),
+}
+SETTINGS = ("model", "init", "freeze", "lr", "fold", "sweep")
+
+
+def get_config(arg=None):
+  """Returns the fine-tuning ConfigDict for the variants and settings in ``arg``."""
+  variants, settings = config_arg.parse(arg, variants=tuple(DATASETS), settings=SETTINGS,
+                                        where="configs/finetune.py")
+  if len(variants) > 1:
+    raise ValueError(f"configs/finetune.py: pick one data set variant, got {sorted(variants)}.")
+  variant = next(iter(variants), "busi")
+  c = config.base_config()
+  c.dataset, c.augment, cross_validated = DATASETS[variant]
+  c.model = settings.get("model", "resnet50")
+  c.num_classes = 0
+  c.image_size = 256
+  c.preprocess = "auto"                 # auto: what the init weights were trained with
+  c.optimizer, c.learning_rate, c.momentum, c.adam_epsilon = "adam", 1e-3, 0.9, 1e-7
+  c.weight_decay, c.schedule, c.warmup_steps, c.warmup_epochs = 0.0, "constant", 0, 0.0
+  c.batch_size, c.num_epochs, c.num_train_steps = 256, 30.0, 0
+  c.eval_every = -1                     # validation every epoch (model selection)
+  c.log_every, c.checkpoint_every, c.keep_checkpoints = 10, 0, 1
+  c.eval_split = "validation"
+
+  c.init = settings.get("init", "radimagenet")
+  # Weight files per init label and model; a sweep compares the labels in sweep_inits.
+  c.inits = ml_collections.ConfigDict({
+      "radimagenet": {m: f"weights/RadImageNet-{f}_notop.h5" for m, f in (
+          ("resnet50", "ResNet50"), ("densenet121", "DenseNet121"), ("inception_v3", "InceptionV3"),
+          ("inception_resnet_v2", "IRV2"))},
+      "imagenet": {m: f"weights/{f}" for m, f in (
+          ("resnet50", "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+          ("densenet121", "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+          ("inception_v3", "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+          ("inception_resnet_v2", "inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5"))},
+      "demo": {m: "runs/demo" for m in ("resnet50",)},
+  })
+  c.freeze = settings.get("freeze", "all")
+  c.learning_rate = float(settings.get("lr", c.learning_rate))
+  c.fold = settings.get("fold", "0" if cross_validated else "none")
+  c.num_folds = 5
+  c.val_fraction = 0.1                  # of the training folds, carved out by patient, stratified
+  # The sweep (`radimagenet-jax sweep`).
+  c.sweep = settings.get("sweep", "paper")
+  c.sweep_models = "resnet50,densenet121,inception_v3,inception_resnet_v2"
+  c.sweep_inits = "radimagenet,imagenet"
+  c.sweep_folds = "all" if cross_validated else "none"
+  c.shard = "0/1"                       # i/n: this host's slice of the sweep
+  c.parallel_runs = 1
+
+  if variant in ("demo", "tiny"):
+    c.build_dataset, c.init, c.sweep_inits = True, settings.get("init", "demo"), "demo,random"
+    c.sweep, c.sweep_models = settings.get("sweep", "demo"), "resnet50"
+    c.sweep_folds = "0,1"
+  if variant == "demo":
+    # ResNet50 at 64x64, batch 32: 420 training crops, ~13 steps an epoch.
+    c.image_size, c.batch_size, c.num_epochs = 64, 32, 3.0
+  if variant == "tiny":
+    c.image_size, c.batch_size, c.num_epochs, c.num_train_steps = 32, 8, 0.0, 4
+    c.eval_every, c.eval_steps, c.log_every, c.progress_bar = 2, 2, 2, False
+  return c

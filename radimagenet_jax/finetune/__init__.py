@@ -1,0 +1,12 @@
+"""Fine-tuning: the paper's transfer-learning experiment.
+
+- `init`: starting weights (Keras .h5, Orbax checkpoint or random) with a fresh Keras-initialised head;
+- `freeze`: freeze modes (all, head, top<N>, rules) as trainable masks and frozen BatchNorm layers;
+- `folds`: cross-validation sources (test fold, validation carved out by patient), split audits;
+- `run`: one fine-tuning run on the training engine (`radimagenet-jax finetune`);
+- `sweep`: the 24 scenarios x inits x folds, resumable and shardable; `sweep_command` runs them
+  (`radimagenet-jax sweep`).
+"""
+from radimagenet_jax import _lazy
+
+__getattr__ = _lazy.attach(__name__, ("folds", "freeze", "init", "run", "sweep", "sweep_command"))

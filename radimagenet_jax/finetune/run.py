@@ -1,0 +1,133 @@
+"""One fine-tuning run: `finetune(config, workdir)`, the `radimagenet-jax finetune` command.
+
+The run is the training engine (`train.loop.fit`) with: the data set's train / validation / test
+sources (a cross-validation fold, or the builder's splits), starting weights with a fresh head
+(`init`), a freeze mask and the frozen BatchNorm layers (`freeze`), validation every epoch and the
+lowest-validation-loss checkpoint kept as `best`. The test split is then predicted with `best`.
+
+The workdir afterwards (besides the engine's checkpoints/, best/, metrics.jsonl, summary.json):
+  run.json          settings, what was loaded, trainable counts, the best step/epoch, status
+  splits.json       the example ids of the train, validation and test sets (auditable splits)
+  predictions.csv   id, patient, label, score_<k> per class (test split, `best` weights)
+  metrics.json      AUC with its DeLong CI, accuracy, sensitivity/specificity... (evaluate package)
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import ml_collections
+
+from radimagenet_jax import checkpoints, distributed, evaluate, models
+from radimagenet_jax.data import pipeline
+from radimagenet_jax.finetune import folds, freeze, init as init_lib
+from radimagenet_jax.train import config as config_lib
+from radimagenet_jax.train import evaluation, loop
+
+FINETUNE_KEYS = ("init", "inits", "freeze", "fold", "num_folds", "val_fraction",
+                 "sweep", "sweep_models", "sweep_inits", "sweep_folds", "shard", "parallel_runs")
+
+
+def validate_config(config) -> None:
+  """The engine's checks plus fine-tuning's, before anything is opened or written."""
+  mode = config.preprocess
+  if mode == "auto":  # the engine knows the concrete modes only
+    config = _with(config, preprocess="radimagenet")
+  config_lib.validate(config, extra=FINETUNE_KEYS)
+  freeze.check_mode(config.freeze)
+  if config.fold not in ("none", "all") and not str(config.fold).isdigit():
+    raise ValueError(f"config.fold={config.fold!r}: expected a fold number 0..{config.num_folds - 1}"
+                     f", 'none' (the builder's train/validation/test splits) or 'all' (sweep).")
+  if str(config.fold).isdigit() and int(config.fold) >= config.num_folds:
+    raise ValueError(f"config.fold={config.fold} is not below config.num_folds={config.num_folds}.")
+  if config.fold == "all":
+    raise ValueError("config.fold='all' runs several folds: use `radimagenet-jax sweep` (or one "
+                     "`finetune` per fold, fold=0..4).")
+  if not 0 < config.val_fraction < 1:
+    raise ValueError(f"config.val_fraction={config.val_fraction} must be in (0, 1).")
+
+
+def _with(config, **values):
+  """A copy of ``config`` with ``values`` set (the command-line config is locked)."""
+  copy = ml_collections.ConfigDict(config.to_dict())
+  copy.update(values)
+  return copy
+
+
+def finetune(config, workdir: str) -> dict[str, Any]:
+  """Fine-tunes, selects the best epoch on validation, predicts the test set; returns run.json."""
+  validate_config(config)
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  config_lib.check_workdir_writable(workdir)
+  label, path = init_lib.resolve(config)
+  config = _with(config, preprocess=init_lib.preprocess_mode(config, label, path))
+  spec = models.get_spec(config.model)
+
+  # ---- Data: a fold (test) + carved-out validation, or the builder's splits ----
+  data_dir = config.data_dir or None
+  fold = None if config.fold == "none" else int(config.fold)
+  if config.build_dataset:
+    pipeline.open_source(config.dataset, "train", data_dir, build=True)
+  sets = folds.fold_splits(config.dataset, data_dir, fold,
+                           config.num_folds if fold is not None else None, config.val_fraction,
+                           config.seed)
+  sources = folds.make_sources(sets, config.dataset, data_dir)
+  class_names = pipeline.class_names(sources["train"])
+  num_classes = config.num_classes or len(class_names)
+
+  # ---- Starting weights, freeze mask, frozen BatchNorm layers ----
+  variables, init_info = init_lib.initial_variables(config, num_classes, label, path)
+  if variables is None:  # random init: the mask needs the parameter shapes only (no compile)
+    params = jax.eval_shape(lambda: models.init_variables(
+        spec.module_cls(num_classes=num_classes), None, config.image_size))["params"]
+  else:
+    params = variables["params"]
+  mask = freeze.trainable_mask(spec.name, params, config.freeze)
+  counts = freeze.describe(spec.name, params, config.freeze)
+  frozen_bn = freeze.frozen_bn_layers(spec.name, mask)
+  run = {"model": spec.name, "dataset": config.dataset, "freeze": config.freeze,
+         "lr": float(config.learning_rate), "fold": None if config.fold == "none" else int(config.fold),
+         "class_names": list(class_names), "preprocess": config.preprocess,
+         "scenario": f"{spec.name}-{config.freeze}-lr{config.learning_rate:g}",
+         "sets": folds.summary(sets),
+         **init_info, **counts, "status": "running"}
+  task = loop.Task(train_source=sources["train"], eval_source=sources["validation"],
+                   class_names=class_names,
+                   variables=variables, trainable=mask, frozen_bn=frozen_bn, select_best=True,
+                   metadata={"init": label, "init_source": path or "random",
+                             "freeze": config.freeze},
+                   describe=(f"init {label}, freeze {config.freeze}: "
+                             f"{counts['trainable_params']:,} of {counts['total_params']:,} "
+                             f"parameters train ({counts['trainable_backbone_params']:,} in the "
+                             f"backbone), preprocess {config.preprocess}"))
+  os.makedirs(workdir, exist_ok=True)
+  summary = loop.fit(config, workdir, task)
+
+  # ---- Test predictions with the best checkpoint ----
+  mesh = distributed.make_mesh()
+  best_dir = os.path.join(workdir, loop.BEST_SUBDIR)
+  best_meta = checkpoints.read_metadata(best_dir)
+  model = loop.create_model(config, num_classes)
+  best_vars = distributed.put_replicated(checkpoints.load_variables(best_dir, spec.name), mesh)
+  labels, probs = evaluation.predict(config, model, best_vars, sources["test"], mesh)
+  metrics = dict(evaluate.classification_metrics(labels, probs, list(class_names)), split="test",
+                 best_step=best_meta["best"]["step"], best_epoch=best_meta["best"]["epoch"])
+  run.update(status="done", best_step=best_meta["best"]["step"],
+             best_epoch=best_meta["best"]["epoch"], best_validation_loss=best_meta["best"]["loss"],
+             final_validation_loss=summary["eval"]["loss"])
+  if distributed.is_main_process():
+    loop.write_json(os.path.join(workdir, "splits.json"), folds.audit(sets))
+    evaluate.write_predictions(os.path.join(workdir, "predictions.csv"),
+                               [e.id for e in sets["test"]], [e.group for e in sets["test"]],
+                               labels, probs)
+    loop.write_json(os.path.join(workdir, "metrics.json"), metrics)
+    loop.write_json(os.path.join(workdir, "run.json"), run)
+    auc = metrics.get("auc")
+    print(f"test ({len(labels)} examples, best epoch {run['best_epoch']:.1f}): AUC "
+          + (f"{auc:.3f} [{metrics['ci_low']:.3f}, {metrics['ci_high']:.3f}]"
+             if auc is not None and metrics.get("ci_low") is not None else str(auc))
+          + f", accuracy {metrics['accuracy']:.3f}")
+    for name in ("run.json", "metrics.json", "predictions.csv", "splits.json"):
+      print(f"wrote {os.path.join(workdir, name)}")
+  return run

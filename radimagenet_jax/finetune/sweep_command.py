@@ -1,0 +1,70 @@
+"""`radimagenet-jax sweep`: the config's scenarios x inits x folds, each a `finetune` run.
+
+    radimagenet-jax sweep --config=configs/finetune.py:busi,sweep=paper --workdir=runs/busi_sweep \
+        [--config.shard=0/4]
+
+The config names the preset (`sweep`: paper | demo), the models (`sweep_models`), the inits
+compared in order, candidate first (`sweep_inits`, e.g. `radimagenet,imagenet`, each a label of
+`config.inits` or `random`) and the folds (`sweep_folds`: all | none | 0,1,...). Every run gets the
+sweep's config with its model, init, freeze mode, learning rate and fold set, in
+`<workdir>/runs/<name>/`; see `finetune.sweep` for resume, shards and results.csv.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from radimagenet_jax import distributed
+from radimagenet_jax.finetune import run as run_lib
+from radimagenet_jax.finetune import sweep
+
+
+def _list(text: str) -> list[str]:
+  return [t.strip() for t in str(text).split(",") if t.strip()]
+
+
+def folds_of(config) -> list[int | None]:
+  if config.sweep_folds == "none":
+    return [None]
+  if config.sweep_folds == "all":
+    return list(range(config.num_folds))
+  return [int(f) for f in _list(config.sweep_folds)]
+
+
+def plan(config) -> tuple[dict, list[sweep.RunSpec]]:
+  """(sweep settings for sweep.json, this shard's runs), checked before anything runs."""
+  inits = _list(config.sweep_inits)
+  if not inits:
+    raise ValueError("config.sweep_inits is empty; expected e.g. 'radimagenet,imagenet'.")
+  runs = sweep.preset_runs(config.sweep, inits, folds=folds_of(config),
+                           models=_list(config.sweep_models))
+  settings = {"dataset": config.dataset, "models": sorted({r.model for r in runs}),
+              "scenarios": sorted({tuple(r.scenario) for r in runs}), "inits": inits,
+              "folds": sorted({r.fold for r in runs}, key=lambda f: -1 if f is None else f),
+              "init_order": inits, "preset": config.sweep,
+              "image_size": config.image_size, "num_epochs": config.num_epochs,
+              "batch_size": config.batch_size}
+  return settings, sweep.shard(runs, config.shard)
+
+
+def run_config(config, spec: sweep.RunSpec) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict(config.to_dict())
+  c.model, c.init, c.freeze, c.learning_rate = spec.model, spec.init, spec.freeze, spec.lr
+  c.fold = "none" if spec.fold is None else str(spec.fold)
+  return c
+
+
+def run(config, workdir: str) -> int:
+  """Runs this shard of the sweep; returns the number of failed runs."""
+  settings, runs = plan(config)
+  for spec in runs:  # every run's config is valid before the first one trains
+    run_lib.validate_config(run_config(config, spec))
+  distributed.initialize()
+  rows = sweep.run_sweep(settings, workdir, runs,
+                         lambda spec, run_dir: run_lib.finetune(run_config(config, spec), run_dir),
+                         write=distributed.is_main_process())
+  failed = [r for r in rows if r["status"] == "failed"]
+  if distributed.is_main_process():
+    print(f"sweep: {len(rows) - len(failed)} of {len(rows)} run(s) of this shard done"
+          + (f", {len(failed)} failed" if failed else "")
+          + f"; wrote {workdir}/results.csv. Next: radimagenet-jax report {workdir}")
+  return len(failed)
