@@ -162,10 +162,24 @@ def _convert(argv):
 
 def _inspect(argv):
   p = argparse.ArgumentParser(prog="radimagenet-jax inspect", description=_COMMANDS["inspect"][1])
-  p.add_argument("file", help="Keras .h5 / .weights.h5 file")
+  p.add_argument("file", help="Keras .h5 / .weights.h5 / .keras file")
+  p.add_argument("--all_layers", action="store_true",
+                 help="list every BatchNorm layer's statistics, not only the flagged ones")
   args = p.parse_args(argv)
   from radimagenet_jax import keras_io
+  from radimagenet_jax.models import bn_stats
   print(keras_io.describe(args.file))
+  for name in keras_io.matching_models(args.file)[:1]:
+    rows = bn_stats.batchnorm_report(keras_io.load_h5(args.file, name), name)
+    print(f"\nBatchNorm statistics ({name}):")
+    print(bn_stats.format_batchnorm_report(rows, only_flagged=not args.all_layers))
+
+
+def _export(argv):
+  p = argparse.ArgumentParser(prog="radimagenet-jax export", description=_COMMANDS["export"][1])
+  from radimagenet_jax.export import command
+  command.add_arguments(p)
+  command.run(p.parse_args(argv))
 
 
 def _build(argv):
@@ -200,6 +214,8 @@ _COMMANDS = {
     "gradcam": (_gradcam, "Grad-CAM maps, Dice against lesion masks and statistics between two "
                 "models."),
     "convert": (_convert, "Convert a Keras .h5 weight file into an Orbax checkpoint."),
+    "export": (_export, "Export a model (Keras .h5, Orbax checkpoint or random) as an exact ONNX "
+               "file, backbone or classifier, NHWC or NCHW."),
     "inspect": (_inspect, "Describe what a Keras weight file holds and which model it matches."),
     "build": (_build, "Build a TFDS dataset (TF-free, array_record)."),
 }
@@ -208,7 +224,7 @@ _COMMANDS = {
 # ValueError covers unknown names/modes, CheckpointMismatchError and file-format errors;
 # FloatingPointError is the NaN/Inf-loss stop; RuntimeError covers SourceFileError in builds.
 _USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, RuntimeError,
-                PermissionError, NotADirectoryError, IsADirectoryError)
+                PermissionError, NotADirectoryError, IsADirectoryError, ModuleNotFoundError)
 
 
 def main(argv=None):

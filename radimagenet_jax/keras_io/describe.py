@@ -10,6 +10,21 @@ from radimagenet_jax.keras_io.h5file import _open, _parse
 from radimagenet_jax.keras_io.load import _expected, _is_dense, _match
 
 
+def matching_models(path) -> list[str]:
+  """The registered models whose ordered weight shapes the file matches."""
+  with _open(path) as f:
+    c = _parse(f, path)
+    return [name for name in models.names() if _matches(c, name)]
+
+
+def _matches(contents, name: str) -> bool:
+  try:
+    _match(contents, name, _expected(name))
+    return True
+  except ValueError:
+    return False
+
+
 def describe(path) -> str:
   """A human-readable summary of a Keras weight file: format, Keras version and backend, layers,
   parameter count, which of the four models it matches, whether it has a top."""

@@ -1,0 +1,11 @@
+"""ONNX export of the four models (``rij.export.to_onnx``) and the ``export`` command.
+
+``onnx`` is an optional dependency (``pip install 'radimagenet-jax[export]'``): importing this
+package does not import it; the export functions do, and say how to install it when it is missing.
+"""
+from radimagenet_jax.export.onnx_export import (DEFAULT_LAYOUT, DEFAULT_OPSET, LAYOUTS,
+                                                PREPROCESS_FORMULAS, build_onnx, save_atomic,
+                                                summary, to_onnx)
+
+__all__ = ["DEFAULT_LAYOUT", "DEFAULT_OPSET", "LAYOUTS", "PREPROCESS_FORMULAS", "build_onnx",
+           "save_atomic", "summary", "to_onnx"]
