@@ -16,7 +16,7 @@ The ``:arg`` is a comma-separated list of one data set variant and ``key=value``
   freeze=MODE  all | head (the paper's "freeze all") | top10 | top<N> | rules:REGEX=train|freeze;...
   lr=FLOAT     learning rate (Adam with Keras's defaults)
   fold=K       test on fold K of the fold0..fold4 splits (0..4), `none` (train/validation/test)
-  sweep=NAME   paper (24 scenarios x inits x folds) | demo, for `radimagenet-jax sweep`
+  sweep=NAME   paper (24 scenarios x inits x folds) | demo | tiny, for `radimagenet-jax sweep`
 Defaults follow the official scripts: Adam (lr 1e-3, epsilon 1e-7), 30 epochs, 256x256 inputs, batch
 256, the data set's augmentation, validation every epoch, the checkpoint of the lowest validation loss
 kept as `best` and used for the test metrics; `preprocess=auto` picks `radimagenet` for RadImageNet
@@ -96,6 +96,7 @@ def get_config(arg=None):
     # ResNet50 at 64x64, batch 32: 420 training crops, ~13 steps an epoch.
     c.image_size, c.batch_size, c.num_epochs = 64, 32, 3.0
   if variant == "tiny":
+    c.sweep, c.sweep_folds = settings.get("sweep", "tiny"), "0"
     c.image_size, c.batch_size, c.num_epochs, c.num_train_steps = 32, 8, 0.0, 4
     c.eval_every, c.eval_steps, c.log_every, c.progress_bar = 2, 2, 2, False
   return c

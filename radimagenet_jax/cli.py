@@ -92,8 +92,8 @@ def _evaluate(argv):
       argv, "evaluate", config_required=False,
       extra_flags=(("step", None, "checkpoint step (default: the latest)"),
                    ("split", None, "split to evaluate (default: the config's eval_split)")))
-  from radimagenet_jax.train import evaluation
-  evaluation.evaluate_workdir(workdir, step=extra["step"], split=extra["split"], config=config)
+  from radimagenet_jax.train import evaluate_command
+  evaluate_command.evaluate_workdir(workdir, step=extra["step"], split=extra["split"], config=config)
 
 
 def _finetune(argv):

@@ -73,7 +73,7 @@ def tiny_setup(monkeypatch):
   """Registers the tiny models and the in-memory dataset for the duration of one test."""
   registry._ensure_loaded()
   for cls in (TinyCNN, TinyCNNWide):
-    monkeypatch.setitem(registry._REGISTRY, cls.spec_name, registry.ModelSpec(cls))
+    monkeypatch.setitem(registry._REGISTRY, cls.spec_name, cls)
   monkeypatch.setattr(pretrain_lib, "_open", _fake_open)
 
 

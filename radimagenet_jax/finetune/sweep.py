@@ -52,6 +52,8 @@ PRESETS = {
     "paper": {"models": PAPER_MODELS, "scenarios": PAPER_SCENARIOS, "folds": None},
     "demo": {"models": ("resnet50",), "folds": (0, 1),
              "scenarios": (Scenario("all", 1e-4), Scenario("head", 1e-2), Scenario("top10", 1e-2))},
+    # One cheap scenario (the head alone trains): smoke tests of the whole sweep -> report path.
+    "tiny": {"models": ("resnet50",), "folds": (0,), "scenarios": (Scenario("head", 1e-2),)},
 }
 IDENTITY_KEYS = ("dataset", "models", "scenarios", "inits", "folds")
 RESULT_COLUMNS = ("run", "model", "init", "freeze", "lr", "fold", "status", "auc", "ci_low",

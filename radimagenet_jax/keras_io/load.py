@@ -16,15 +16,43 @@ log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=None)
-def _expected(name: str):
-  """[(layer name, kind, [(flax path, shape)])] of the weighted layers of the notop table."""
+def _init_shapes(name: str) -> dict:
+  """{flax path: shape} of every variable of the model with a 1000-class head (no compile)."""
   spec = models.get_spec(name)
   x = jax.ShapeDtypeStruct((1, spec.min_size, spec.min_size, 3), jnp.float32)
   shapes = jax.eval_shape(lambda: spec.module_cls().init(
       {"params": jax.random.key(0), "dropout": jax.random.key(0)}, jnp.zeros(x.shape), train=False))
-  flat = traverse_util.flatten_dict(shapes)
-  return [(l.name, l.kind, [(p, tuple(flat[p].shape)) for p in l.params])
-          for l in spec.keras_layers() if l.has_weights]
+  return {p: tuple(s.shape) for p, s in traverse_util.flatten_dict(shapes).items()}
+
+
+@functools.lru_cache(maxsize=None)
+def _expected(name: str):
+  """[(layer name, kind, [(flax path, shape)])] of the weighted layers of the notop table."""
+  flat = _init_shapes(name)
+  return [(l.name, l.kind, [(p, flat[p]) for p in l.params])
+          for l in models.get_spec(name).keras_layers() if l.has_weights]
+
+
+def feature_channels(name: str) -> int:
+  """Channels of the pooled features (the input of the classifier 'predictions')."""
+  return _init_shapes(models.get_spec(name).name)[("params", "predictions", "kernel")][0]
+
+
+def _head_pairs(path, name: str, top) -> list:
+  """[(flax path, dataset)] of 'predictions' from the file's top layers; a ValueError when the
+  top is not one Dense(num_classes) layer on the pooled features."""
+  if not top:
+    raise ValueError(f"{path}: load_head=True but the file has no classifier (no Dense layer "
+                     f"after the {name} backbone: a notop file); load it with load_head=False.")
+  channels, layer = feature_channels(name), top[-1]
+  shapes = layer.shapes
+  if (len(top) != 1 or len(shapes) != 2 or len(shapes[0]) != 2 or shapes[0][0] != channels
+      or shapes[1] != (shapes[0][1],)):
+    found = ", ".join(f"{l.name} {l.shapes}" for l in top)
+    raise ValueError(f"{path}: the file's top ({found}) is not one Dense layer with a bias on the "
+                     f"{channels} pooled {name} features, the paper's classifier 'predictions'; "
+                     f"load it with load_head=False.")
+  return [(("params", "predictions", v), d) for v, (_, d) in zip(("kernel", "bias"), layer.weights)]
 
 
 def _is_dense(layer: _FileLayer) -> bool:
@@ -73,18 +101,25 @@ def _match(contents: _FileContents, model_name: str, expected):
   return pairs, leftover
 
 
-def load_h5(path, name: str) -> dict:
-  """Backbone variables ``{'params', 'batch_stats'}`` of model ``name`` from a Keras weight file.
+def load_h5(path, name: str, load_head: bool | str = False) -> dict:
+  """Variables ``{'params', 'batch_stats'}`` of model ``name`` from a Keras weight file.
 
-  Reads every format listed in the module docstring. A file with a top (a trailing Dense layer,
-  e.g. 'predictions') loads its backbone; the top is skipped and a warning says so. Weights that
-  hold NaN or Inf load too, with a warning naming the layers.
+  Reads every format listed in the module docstring. A file's top (a trailing Dense layer, e.g.
+  'predictions'): ``load_head=False`` (default) loads the backbone only, and a warning says the top
+  was skipped; ``True`` also loads the top as ``params['predictions']`` (a ValueError when the file
+  has none, or a top that is not one Dense on the pooled features); ``'auto'``: loaded when present.
+  Weights that hold NaN or Inf load too, with a warning naming the layers.
   Raises ValueError naming the file, the first layer that does not match and both shapes.
   """
+  if load_head not in (False, True, "auto"):
+    raise ValueError(f"load_head={load_head!r}; expected False, True or 'auto'.")
   name = models.get_spec(name).name
   with _open(path) as f:  # a missing or unreadable file is reported before the model is traced
     contents = _parse(f, path)
     pairs, top = _match(contents, name, _expected(name))
+    if load_head is True or (load_head == "auto" and top):
+      pairs += _head_pairs(path, name, top)
+      top = []
     try:
       flat = {p: np.asarray(d[()], np.float32) for p, d in pairs}
     except (OSError, RuntimeError) as e:

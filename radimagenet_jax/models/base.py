@@ -17,6 +17,16 @@ import jax.numpy as jnp
 from radimagenet_jax.models.layers import FlaxLayers, KerasLayer, LayerTable, tap
 
 
+# name -> architecture class; filled by the @register decorator of each architecture module.
+_REGISTRY: dict[str, type] = {}
+
+
+def register(module_cls: type) -> type:
+  """Class decorator: makes ``module_cls`` available by its ``spec_name`` (models.get_spec)."""
+  _REGISTRY[module_cls.spec_name] = module_cls
+  return module_cls
+
+
 def check_min_size(x, min_size: int, model_name: str):
   # The shape check comes first: a 3-D input would otherwise fail with an IndexError.
   if x.ndim != 4 or x.shape[-1] != 3:

@@ -13,8 +13,7 @@ uses the names a fresh Keras session gives them, ``zero_padding2d`` and ``zero_p
 """
 from __future__ import annotations
 
-from radimagenet_jax.models.base import KerasApplication
-from radimagenet_jax.models.registry import register
+from radimagenet_jax.models.base import KerasApplication, register
 
 BN_EPSILON = 1.001e-5
 GROWTH_RATE = 32

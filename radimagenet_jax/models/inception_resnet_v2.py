@@ -24,8 +24,8 @@ the residual ``CustomScaleLayer`` of block ``block35_1`` is ``block35_1``, the n
 from __future__ import annotations
 
 from radimagenet_jax.models.inception_v3 import BN_EPSILON
+from radimagenet_jax.models.base import register
 from radimagenet_jax.models.keras_graph import KerasGraphApplication
-from radimagenet_jax.models.registry import register
 
 BLOCK_SCALES = {"block35": 0.17, "block17": 0.1, "block8": 0.2}
 

@@ -25,8 +25,8 @@ kept: ``mixed0``..``mixed10``, ``mixed9_0``, ``mixed9_1``.
 """
 from __future__ import annotations
 
+from radimagenet_jax.models.base import register
 from radimagenet_jax.models.keras_graph import KerasGraphApplication
-from radimagenet_jax.models.registry import register
 
 BN_EPSILON = 1e-3
 

@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
+from radimagenet_jax.models.base import _REGISTRY, register  # noqa: F401  (re-exported)
 from radimagenet_jax.models.layers import KerasLayer
 
 VARIABLE_COLLECTIONS = ("params", "batch_stats")
@@ -37,18 +38,11 @@ class ModelSpec:
     return self.module_cls.layer_table()
 
 
-_REGISTRY: dict[str, ModelSpec] = {}
 _ALIASES = {"irv2": "inception_resnet_v2", "inceptionv3": "inception_v3",
             "inceptionresnetv2": "inception_resnet_v2"}
 
 
-def register(module_cls: type) -> type:
-  """Class decorator: makes ``module_cls`` available by its ``spec_name``."""
-  _REGISTRY[module_cls.spec_name] = ModelSpec(module_cls)
-  return module_cls
-
-
-def _ensure_loaded():
+def _ensure_loaded():  # pylint: disable=unused-import
   # Importing the architecture modules registers them (they import this module, so not at the top).
   from radimagenet_jax.models import (densenet, inception_resnet_v2, inception_v3,  # noqa: F401
                                       resnet)
@@ -64,7 +58,7 @@ def get_spec(name: str) -> ModelSpec:
   key = _ALIASES.get(name.lower().replace("-", "_"), name.lower().replace("-", "_"))
   if key not in _REGISTRY:
     raise ValueError(f"Unknown model {name!r}; valid choices: {', '.join(sorted(_REGISTRY))}.")
-  return _REGISTRY[key]
+  return ModelSpec(_REGISTRY[key])
 
 
 def keras_layers(name: str) -> list[KerasLayer]:

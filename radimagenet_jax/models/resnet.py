@@ -9,8 +9,7 @@ zeros explicitly and then runs the 7x7 conv and the 3x3 max pool with 'valid' pa
 """
 from __future__ import annotations
 
-from radimagenet_jax.models.base import KerasApplication
-from radimagenet_jax.models.registry import register
+from radimagenet_jax.models.base import KerasApplication, register
 
 BN_EPSILON = 1.001e-5
 

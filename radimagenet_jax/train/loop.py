@@ -21,8 +21,6 @@ import time
 from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 from radimagenet_jax import checkpoints as ckpt_lib
 from radimagenet_jax import distributed, models
