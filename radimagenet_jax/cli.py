@@ -52,6 +52,9 @@ def _config_command(argv, command, *, config_required=True, extra_flags=()):
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
     # AttributeError/KeyError: an unknown --config.KEY override (the config is locked).
     message = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
+    if "Error whilst parsing config file" in message:
+      # ml_collections embeds the config file's traceback: its last line is the error itself.
+      message = [l for l in message.strip().splitlines() if l.strip()][-1]
     if isinstance(e, (AttributeError, KeyError)):
       # ml_collections nests a KeyError repr in the message: unescape it for the console.
       message = message.replace("\\n", ". ").replace("\\'", "").strip("'")

@@ -66,3 +66,34 @@ def test_unknown_model_variant_lists_valid_models(tmp_path, capsys):
                    f"--workdir={tmp_path}"]) == 1
   assert re.search(r"pretrain: error: Unknown model 'resnet5'; valid choices: .*resnet50",
                    capsys.readouterr().err)
+
+
+def test_mistyped_variant_is_one_line_listing_the_variants(tmp_path):
+  with pytest.raises(SystemExit) as e:
+    cli.main(["pretrain", f"--config={CONFIG}:tiyn", f"--workdir={tmp_path / 'w'}"])
+  message = str(e.value)
+  assert "unknown variant 'tiyn'" in message and "valid variants: demo, radimagenet, tiny" in message
+  assert "Traceback" not in message and "\n" not in message.strip()
+  assert not os.path.exists(tmp_path / "w")
+
+
+def test_configs_resolve_from_the_installed_package_outside_the_checkout(tmp_path, monkeypatch):
+  from radimagenet_jax import config_files
+  monkeypatch.chdir(tmp_path)
+  resolved = config_files.resolve("configs/finetune.py:demo")
+  assert resolved.endswith(os.path.join("radimagenet_jax", "configs", "finetune.py") + ":demo")
+  assert os.path.isfile(resolved.split(":")[0])
+  with pytest.raises(FileNotFoundError, match=r"configs/nope.py.*expected one of .*configs/"
+                     r"finetune.py"):
+    config_files.resolve("configs/nope.py")
+
+
+@pytest.mark.parametrize("command", ["pretrain", "finetune", "sweep", "gradcam"])
+def test_help_lists_every_config_field_with_its_default(command, capsys):
+  with pytest.raises(SystemExit) as e:
+    cli.main([command, "--help"])
+  assert e.value.code == 0
+  out = capsys.readouterr().out
+  fields = out.split("with their defaults")[1]
+  assert "dataset" in fields and "seed" in fields
+  assert "Usage:" in out            # the config file's own usage, with a real example

@@ -254,3 +254,93 @@ def test_every_pretrain_variant_names_an_existing_builder_config(arg):
   cls = build.builder_class(name)
   valid = [c.name for c in cls.BUILDER_CONFIGS]
   assert builder_config in valid, (config.dataset, valid)
+
+
+# ---- What a run never loses, and errors before anything is written (issue #11) ---------------------
+
+def test_sigterm_saves_a_checkpoint_at_the_next_step_and_resume_is_exact(tiny_setup, tmp_path,
+                                                                         monkeypatch):
+  import signal
+  from radimagenet_jax.train import preemption
+  config = _config()
+  pretrain_lib.train_and_evaluate(config, str(tmp_path / "straight"))
+  calls = {"n": 0}
+  to_global = distributed.to_global
+
+  def sigterm_at_step_3(batch, mesh):
+    calls["n"] += 1
+    if calls["n"] == 3:
+      os.kill(os.getpid(), signal.SIGTERM)   # as SLURM would; the handler only sets a flag
+    return to_global(batch, mesh)
+
+  monkeypatch.setattr(distributed, "to_global", sigterm_at_step_3)
+  with pytest.raises(preemption.Preempted, match=r"stopped by SIGTERM at step 3; checkpoint saved"):
+    pretrain_lib.train_and_evaluate(config, str(tmp_path / "resumed"))
+  assert ckpt_lib.latest_step(tmp_path / "resumed") == 3   # not a multiple of checkpoint_every
+  monkeypatch.setattr(distributed, "to_global", to_global)
+  pretrain_lib.train_and_evaluate(config, str(tmp_path / "resumed"))
+  for a, b in zip(jax.tree.leaves(_latest_variables(tmp_path / "straight")),
+                  jax.tree.leaves(_latest_variables(tmp_path / "resumed"))):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_keep_checkpoints_zero_keeps_every_checkpoint(tiny_setup, tmp_path):
+  pretrain_lib.train_and_evaluate(_config(keep_checkpoints=0), str(tmp_path))
+  assert sorted(os.listdir(tmp_path / "checkpoints"), key=int) == ["2", "4", "6"]
+
+
+def test_a_checkpoint_is_never_written_from_non_finite_parameters(tiny_setup, tmp_path):
+  # The loss of step 1 is finite (computed before the update); the update makes the weights
+  # infinite. The old guard checked only that loss and kept this state as "the last good one".
+  config = _config(optimizer="sgd", learning_rate=float("inf"), schedule="constant",
+                   warmup_steps=0, warmup_epochs=0.0, checkpoint_every=1, augment="none")
+  with pytest.raises(loop.NonFiniteLossError, match=r"parameters became NaN/Inf by step 1; no "
+                     r"checkpoint written. There is no good checkpoint"):
+    pretrain_lib.train_and_evaluate(config, str(tmp_path))
+  assert ckpt_lib.latest_step(tmp_path) is None
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({"learning_rate": -1e-3}, r"config.learning_rate=-0.001 must be positive"),
+    ({"eval_batch_size": 12}, r"config.eval_batch_size=12 must be a multiple of the device count 8"),
+    ({"image_size": 4}, r"config.image_size=4 is below the minimum input size 8 of tiny_cnn"),
+    ({"num_classes": 2}, r"config.num_classes=2 is smaller than the 3 classes"),
+])
+def test_bad_sizes_and_rates_fail_before_anything_is_written(tiny_setup, tmp_path, overrides,
+                                                              expected):
+  with pytest.raises(ValueError, match=expected):
+    pretrain_lib.train_and_evaluate(_config(**overrides), str(tmp_path / "w"))
+  assert not os.path.exists(tmp_path / "w")
+
+
+def test_resume_with_another_optimizer_names_the_fields_and_overwrites_nothing(tiny_setup,
+                                                                               tmp_path):
+  pretrain_lib.train_and_evaluate(_config(num_train_steps=2), str(tmp_path))
+  saved = open(tmp_path / "config.json").read()
+  with pytest.raises(ValueError, match=r"another config \(optimizer: saved 'adam', now 'sgd'.*"
+                     r"Nothing was overwritten"):
+    pretrain_lib.train_and_evaluate(_config(num_train_steps=4, optimizer="sgd"), str(tmp_path))
+  assert open(tmp_path / "config.json").read() == saved
+  # Fields that do not change what is trained may change: this resumes to step 4.
+  summary = pretrain_lib.train_and_evaluate(_config(num_train_steps=4, log_every=1), str(tmp_path))
+  assert summary["step"] == 4
+
+
+def test_workdir_that_is_a_file_or_read_only_is_one_line(tiny_setup, tmp_path):
+  (tmp_path / "file").write_text("x")
+  with pytest.raises(FileExistsError, match=r"is a file; expected a directory"):
+    pretrain_lib.train_and_evaluate(_config(), str(tmp_path / "file"))
+  if os.geteuid() != 0:  # root writes anywhere
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o500)
+    with pytest.raises(PermissionError, match=r"is not writable"):
+      pretrain_lib.train_and_evaluate(_config(), str(ro / "run"))
+
+
+def test_non_finite_metrics_are_written_as_null(tmp_path):
+  from radimagenet_jax.train import writers
+  w = writers.MetricWriter(str(tmp_path))
+  w.write(1, "train", {"loss": float("nan"), "top1": 0.5})
+  w.close()
+  line = json.loads(open(tmp_path / "metrics.jsonl").read())   # strict JSON parses
+  assert line["loss"] is None and line["top1"] == 0.5
