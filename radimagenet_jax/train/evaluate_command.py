@@ -11,6 +11,7 @@ import ml_collections
 from radimagenet_jax import checkpoints as ckpt_lib
 from radimagenet_jax import distributed
 from radimagenet_jax.data import pipeline
+from radimagenet_jax.train import config as config_lib
 from radimagenet_jax.train import loop, steps, summary as summary_lib
 from radimagenet_jax.train.evaluation import run_eval
 
@@ -23,6 +24,7 @@ def evaluate_workdir(workdir: str, *, step: int | None = None, split: str | None
   ``<workdir>/eval_<split>_step<N>.json``."""
   distributed.initialize()
   workdir = os.path.abspath(os.path.expanduser(workdir))
+  config_lib.check_workdir_writable(workdir)  # before a minute of evaluation, not after
   if config is None:
     config_path = os.path.join(workdir, "config.json")
     if not os.path.isfile(config_path):
