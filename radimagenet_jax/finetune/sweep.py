@@ -31,10 +31,10 @@ import io
 import json
 import os
 import re
-import tempfile
 import traceback
-from typing import Any, Callable, Iterable, NamedTuple, Sequence
+from typing import Callable, Iterable, NamedTuple, Sequence
 
+from radimagenet_jax._files import write_json_atomic, write_text_atomic as _write_atomic  # noqa: F401
 from radimagenet_jax.finetune import freeze as freeze_lib
 
 PAPER_MODELS = ("resnet50", "densenet121", "inception_v3", "inception_resnet_v2")
@@ -184,24 +184,6 @@ def _check_runs(runs: Sequence[RunSpec], identity: dict) -> None:
       if value not in allowed:
         raise ValueError(f"run {r.name!r}: {what} {value!r} is not in the sweep's {what}s "
                          f"{sorted(allowed, key=str)}")
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-  """Writes JSON to a temporary file next to ``path``, then renames it (readers never see half)."""
-  _write_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def _write_atomic(path: str, text: str) -> None:
-  fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp",
-                             dir=os.path.dirname(path) or ".")
-  try:
-    with os.fdopen(fd, "w", newline="") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
 
 
 def _read_json(path: str) -> dict | None:

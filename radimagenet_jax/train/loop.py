@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 import jax
 
+from radimagenet_jax import _files
 from radimagenet_jax import checkpoints as ckpt_lib
 from radimagenet_jax import distributed, models
 from radimagenet_jax.data import pipeline
@@ -73,15 +74,8 @@ def schedule_lengths(config, num_train_examples: int) -> tuple[int, int, int]:
 def write_json(path: str, data) -> None:
   """Process 0 writes ``data`` as JSON atomically (a tmp file, then rename): the one writer of
   config.json, summary.json and the other run records."""
-  if not distributed.is_main_process():
-    return
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    if hasattr(data, "to_json_best_effort"):
-      f.write(data.to_json_best_effort(indent=2, sort_keys=True))
-    else:
-      json.dump(data, f, indent=2)
-  os.replace(tmp, path)
+  if distributed.is_main_process():
+    _files.write_json_atomic(path, data)
 
 
 def check_resume(config, workdir: str, ident: dict, mngr) -> int | None:
