@@ -17,6 +17,7 @@ import os
 from typing import Any, Mapping
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -162,7 +163,11 @@ def load_variables(directory: str | os.PathLike, model_name: str | None = None,
         **{METADATA: ocp.args.JsonRestore()}))[METADATA])
     if model_name is not None:  # the canonical registry name (models.create passes spec.name)
       check_identity(meta, {"model_name": model_name}, os.fspath(directory))
+    # Into host numpy arrays shaped from the checkpoint's own metadata: a checkpoint written by
+    # another device layout (a pod, 2 processes x 4 devices) reads the same as a local one.
+    target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype),
+                          mngr.item_metadata(step)[VARIABLES])
     restored = mngr.restore(step, args=ocp.args.Composite(
-        **{VARIABLES: ocp.args.StandardRestore()}))[VARIABLES]
+        **{VARIABLES: ocp.args.StandardRestore(target)}))[VARIABLES]
   return {k: jax.tree.map(lambda a: jax.device_get(a), restored[k])
           for k in VARIABLE_COLLECTIONS if k in restored}

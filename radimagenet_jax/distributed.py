@@ -1,8 +1,17 @@
-"""Multi-process start-up, the ('data',) mesh, and host-local <-> global arrays.
+"""Multi-process start-up, the ('data',) mesh, host-local <-> global arrays, the compile cache.
 
 One code path for one CPU, one GPU, a GPU cluster and a TPU pod: the mesh spans ``jax.devices()``
 (every device of every process), parameters are replicated (``P()``), batches are split over the
 'data' axis (``P('data')``), and each process feeds only its own slice of the global batch.
+
+Failure detection: ``initialize`` passes a heartbeat timeout to ``jax.distributed.initialize``
+(``RADIMAGENET_JAX_HEARTBEAT_TIMEOUT``, default 60 s). When a process dies (kill -9, out of memory,
+a lost host), the coordination service stops hearing from it and terminates every other process
+of the job within that time, with "Terminating process because the JAX distributed service
+detected fatal errors" in its log, instead of leaving them blocked in a collective.
+``RADIMAGENET_JAX_INIT_TIMEOUT`` (default 300 s) bounds the wait for all processes to join, and
+``RADIMAGENET_JAX_SHUTDOWN_TIMEOUT`` (default 300 s) the wait at exit for the others to finish
+(a process that ends with an error while the others still run waits there up to that long).
 """
 from __future__ import annotations
 
@@ -17,26 +26,70 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 DATA_AXIS = "data"
 # Environment variables that mean "this is one process of a multi-process job".
 _MULTIPROCESS_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "SLURM_NTASKS",
-                     "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
+                     "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES",
+                     "MEGASCALE_COORDINATOR_ADDRESS")
+DISTRIBUTED_ENV = "RADIMAGENET_JAX_DISTRIBUTED"
+HEARTBEAT_TIMEOUT_ENV = "RADIMAGENET_JAX_HEARTBEAT_TIMEOUT"
+INIT_TIMEOUT_ENV = "RADIMAGENET_JAX_INIT_TIMEOUT"
+SHUTDOWN_TIMEOUT_ENV = "RADIMAGENET_JAX_SHUTDOWN_TIMEOUT"
+DEFAULT_HEARTBEAT_TIMEOUT_S = 60
+DEFAULT_INIT_TIMEOUT_S = 300
+DEFAULT_SHUTDOWN_TIMEOUT_S = 300
+CACHE_ENV = "RADIMAGENET_JAX_CACHE"
+DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "radimagenet_jax", "jax")
 _initialized = False
+
+
+def env_seconds(name: str, default: int) -> int:
+  """A positive whole number of seconds from environment variable ``name`` (default if unset)."""
+  value = os.environ.get(name, "").strip()
+  if not value:
+    return default
+  try:
+    seconds = int(value)
+  except ValueError:
+    seconds = 0
+  if seconds <= 0:
+    raise ValueError(f"{name}={value!r}: expected a positive whole number of seconds.")
+  return seconds
+
+
+def _is_multiprocess_launch() -> bool:
+  forced = os.environ.get(DISTRIBUTED_ENV, "").strip()
+  if forced in ("0", "1"):
+    return forced == "1"
+  if forced:
+    raise ValueError(f"{DISTRIBUTED_ENV}={forced!r}: expected 1 (always join a jax.distributed "
+                     f"job), 0 (never) or unset (when a launcher's variables are set).")
+  if os.environ.get("SLURM_NTASKS", "1") != "1":
+    return True
+  return any(os.environ.get(k) for k in _MULTIPROCESS_ENV if k != "SLURM_NTASKS")
 
 
 def initialize() -> None:
   """Calls ``jax.distributed.initialize()`` once when launched as part of a multi-process job.
 
   Single-process runs (no launcher environment) skip it. The launchers in launch/ set
-  JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID; SLURM, Open MPI and Cloud TPU
-  are detected by jax itself.
+  JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID; SLURM (SLURM_NTASKS > 1) and
+  Open MPI are recognised here and their details read by jax itself. RADIMAGENET_JAX_DISTRIBUTED=1
+  always initializes (jax then detects the cluster, e.g. a Cloud TPU pod from the VM metadata;
+  launch/tpu_pod.sh sets it), =0 never does. Safe to call more than once (the data layer calls it
+  before building a dataset, the training engine again before building the mesh).
   """
   global _initialized
-  if _initialized:
+  if _initialized or not _is_multiprocess_launch():
     return
-  if os.environ.get("SLURM_NTASKS", "1") == "1" and not any(
-      os.environ.get(k) for k in _MULTIPROCESS_ENV if k != "SLURM_NTASKS"):
+  from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+  if jax_distributed.global_state.client is not None:  # the caller initialized jax.distributed
+    _initialized = True
     return
-  kwargs = {}
-  if os.environ.get("JAX_COORDINATOR_ADDRESS"):
-    kwargs = dict(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+  kwargs = dict(heartbeat_timeout_seconds=env_seconds(HEARTBEAT_TIMEOUT_ENV,
+                                                      DEFAULT_HEARTBEAT_TIMEOUT_S),
+                initialization_timeout=env_seconds(INIT_TIMEOUT_ENV, DEFAULT_INIT_TIMEOUT_S),
+                shutdown_timeout_seconds=env_seconds(SHUTDOWN_TIMEOUT_ENV,
+                                                     DEFAULT_SHUTDOWN_TIMEOUT_S))
+  if os.environ.get("JAX_COORDINATOR_ADDRESS") and os.environ.get("JAX_NUM_PROCESSES"):
+    kwargs.update(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
                   num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
                   process_id=int(os.environ["JAX_PROCESS_ID"]))
   jax.distributed.initialize(**kwargs)
@@ -44,6 +97,66 @@ def initialize() -> None:
   logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count())
+
+
+def coordination_client():
+  """The jax.distributed client (key-value store, barriers) of a multi-process job, else None.
+
+  Calls ``initialize()`` first. Used to agree on things outside the compiled steps, e.g. which
+  process builds a missing dataset (`radimagenet_jax.data.build.once`).
+  """
+  initialize()
+  from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+  state = jax_distributed.global_state
+  if state.client is None or (state.num_processes or 1) <= 1:
+    return None
+  return state.client
+
+
+def process_info() -> tuple[int, int]:
+  """(process index, process count) without starting the JAX backends; (0, 1) when single."""
+  initialize()
+  from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+  state = jax_distributed.global_state
+  if state.client is None:
+    return 0, 1
+  return int(state.process_id), int(state.num_processes)
+
+
+def compilation_cache_dir(cache_dir: str | None = None) -> str | None:
+  """Where the persistent compilation cache lives: ``cache_dir``; if None or '':
+  $RADIMAGENET_JAX_CACHE, else ~/.cache/radimagenet_jax/jax. 'none' (in either place) turns it off
+  (returns None)."""
+  path = cache_dir or os.environ.get(CACHE_ENV, "") or DEFAULT_CACHE_DIR
+  if path.strip().lower() == "none":
+    return None
+  return path if "://" in path else os.path.abspath(os.path.expanduser(path))
+
+
+def enable_compilation_cache(cache_dir: str | None = None) -> str | None:
+  """Turns on JAX's persistent compilation cache in ``compilation_cache_dir(cache_dir)``.
+
+  A re-run (a resumed run, the next process of a sweep, every process of a job on one host) loads
+  compiled steps from disk instead of compiling again. JAX keeps its own rule of caching only
+  programs that took at least ``jax_persistent_cache_min_compile_time_secs`` (1 s) to compile.
+  Returns the directory, or None when turned off ('none'). Call it before the first compile; a
+  later call with another directory re-points the cache for the following compiles.
+  """
+  path = compilation_cache_dir(cache_dir)
+  if path is None:
+    return None
+  if "://" not in path:
+    os.makedirs(path, exist_ok=True)
+  if jax.config.jax_compilation_cache_dir != path:
+    jax.config.update("jax_compilation_cache_dir", path)
+    try:  # JAX reads the directory once, at its first compile: make it read it again.
+      from jax._src import compilation_cache  # pylint: disable=g-import-not-at-top
+      compilation_cache.reset_cache()
+    except (ImportError, AttributeError):
+      pass
+  jax.config.update("jax_enable_compilation_cache", True)
+  logging.info("JAX persistent compilation cache: %s", path)
+  return path
 
 
 def make_mesh(devices=None) -> Mesh:

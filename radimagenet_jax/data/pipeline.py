@@ -59,8 +59,8 @@ def open_source(dataset: str, split: str, data_dir: str | os.PathLike | None = N
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   if build:
-    from radimagenet_jax.data import build as build_lib  # pylint: disable=g-import-not-at-top
-    build_lib.build(dataset, data_dir=data_dir or None, progress=False)
+    from radimagenet_jax.data.build import once  # pylint: disable=g-import-not-at-top
+    once.ensure_built(dataset, data_dir=data_dir or None, progress=False)
   data_dir = os.path.expanduser(os.fspath(data_dir)) if data_dir else _default_data_dir()
   hint = (f"Build it first: radimagenet-jax build {dataset} --data_dir={data_dir}")
   try:
@@ -196,6 +196,32 @@ class Finalize(grain.transforms.Map):
     return out
 
 
+class GlobalBatchSampler:
+  """One global order of the records, cut into global batches; process i of n reads rows
+  [i*L, (i+1)*L) of each (L = its batch size), so the mesh's global batch of every step holds the
+  examples of a 1-process run, in the same order, with the same per-record rng (augmentation).
+
+  grain's own `ShardByJaxProcess` gives each process a contiguous part of the records and shuffles
+  within it, so there the global batches depend on the process count.
+  """
+
+  def __init__(self, base, process_index: int, process_count: int, local_batch: int):
+    self.base, self.index, self.count, self.block = base, process_index, process_count, local_batch
+
+  def __len__(self):
+    return len(self.base)
+
+  def __getitem__(self, k):
+    m = k // self.count  # the DataLoader asks process i for k = i, i + n, i + 2n, ...
+    g = (m // self.block) * self.block * self.count + self.index * self.block + m % self.block
+    meta = self.base[g]
+    return grain.RecordMetadata(index=k, record_key=meta.record_key, rng=meta.rng)
+
+  def __repr__(self):  # grain compares it with the checkpointed iterator state's
+    return (f"GlobalBatchSampler({self.base!r}, process {self.index} of {self.count}, "
+            f"block {self.block})")
+
+
 def make_loader(source: Sequence[Any], *, batch_size: int, image_size: int | tuple[int, int],
                 preprocess_mode: str = "radimagenet",
                 augment: str | augment_lib.AugmentConfig | dict = "none", shuffle: bool = True,
@@ -251,8 +277,15 @@ def make_loader(source: Sequence[Any], *, batch_size: int, image_size: int | tup
   size = _as_size(image_size)
   shard_options = (grain.sharding.ShardByJaxProcess(drop_remainder=drop_remainder)
                    if shard_by_process else grain.sharding.NoSharding())
-  sampler = grain.samplers.IndexSampler(num_records=len(source), shard_options=shard_options,
-                                        shuffle=shuffle, num_epochs=num_epochs, seed=seed)
+  if shard_by_process and num_epochs is None and shard_options.shard_count > 1:
+    # Training on several processes: the global batches of a 1-process run (GlobalBatchSampler).
+    sampler = GlobalBatchSampler(
+        grain.samplers.IndexSampler(num_records=len(source), shuffle=shuffle, num_epochs=None,
+                                    seed=seed, shard_options=grain.sharding.NoSharding()),
+        shard_options.shard_index, shard_options.shard_count, batch_size)
+  else:
+    sampler = grain.samplers.IndexSampler(num_records=len(source), shard_options=shard_options,
+                                          shuffle=shuffle, num_epochs=num_epochs, seed=seed)
   operations = [DecodeResize(size, resize, mask_keys)]
   if not config.is_identity:
     operations.append(Augment(config, mask_keys))

@@ -103,8 +103,7 @@ def check_resume(config, workdir: str, ident: dict, mngr) -> int | None:
 def fit(config, workdir: str, task: Task) -> dict[str, Any]:
   """Trains (resuming from ``workdir``), evaluates, writes summary.json; returns the summary."""
   distributed.initialize()
-  if hasattr(distributed, "enable_compilation_cache"):
-    distributed.enable_compilation_cache(config.compilation_cache_dir or None)
+  distributed.enable_compilation_cache(config.compilation_cache_dir or None)
   workdir = os.path.abspath(os.path.expanduser(workdir))
   main = distributed.is_main_process()
   mesh = distributed.make_mesh()

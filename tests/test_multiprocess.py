@@ -1,0 +1,230 @@
+"""Several JAX processes on localhost (gloo): start-up on an empty data dir, equality with one
+process, data sharding, failures, SIGTERM and kill -9 with exact resume, the compile cache.
+
+Every run is `launch/local.sh 2 4 -- pretrain --config=tests/multiprocess_util.py ...`: 2 processes
+x 4 simulated CPU devices, `configs/pretrain.py:tiny` on the demo data with a one-conv model (see
+tests/multiprocess_util.py), 16 steps with a checkpoint every 4. The runs share one compile cache
+(RADIMAGENET_JAX_CACHE) and a 10 s heartbeat timeout.
+
+Equality with one process needs the global batch of every step to hold the same examples in the
+same order (a dropout mask belongs to a batch row): the test first compares the examples each run
+read (rebuilt from the checkpointed input-pipeline states), then the parameters.
+"""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from radimagenet_jax import checkpoints, distributed
+from tests import multiprocess_util as mp
+
+STEPS, CKPT_EVERY = 16, 4
+OVERRIDES = (f"--config.num_train_steps={STEPS}", f"--config.checkpoint_every={CKPT_EVERY}",
+             "--config.log_every=4")
+BOUND_S = 90  # a surviving process must be gone this long after the other failed
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+  """The 2-process run from an EMPTY data dir: (tmp dir, env, workdir, status, console, Launch)."""
+  tmp = tmp_path_factory.mktemp("multiprocess")
+  data_dir = tmp / "tfds"
+  data_dir.mkdir()
+  env = mp.base_env(tmp, data_dir)
+  workdir = tmp / "two_processes"
+  status, out, launch = mp.run_local(2, 4, mp.pretrain_args(workdir, *OVERRIDES), env,
+                                     tmp / "logs_two_processes")
+  return {"tmp": tmp, "env": env, "data_dir": data_dir, "workdir": workdir, "status": status,
+          "out": out, "launch": launch}
+
+
+def _assert_same_params(a, b, rtol, atol):
+  assert a.keys() == b.keys()
+  for key in a:
+    np.testing.assert_allclose(a[key], b[key], rtol=rtol, atol=atol, err_msg=key)
+
+
+def test_two_processes_on_an_empty_data_dir_build_it_once_then_train(job):
+  launch = job["launch"]
+  assert job["status"] == 0, job["out"] + launch.logs()
+  log0, log1 = launch.log(0), launch.log(1)
+  assert "process 0: building radimagenet_demo/pretrain" in log0
+  assert "process 1: waiting for process 0 to build radimagenet_demo/pretrain" in log1
+  assert "building" not in log1 and "Cannot rename" not in log0 + log1
+  assert list((job["data_dir"] / "radimagenet_demo" / "pretrain").glob("*/dataset_info.json"))
+  assert not (job["data_dir"] / ".radimagenet_jax_build").exists()  # markers cleaned up
+  assert f"global batch 8 on 8 device(s) / 2 process(es), steps 0 -> {STEPS}" in log0
+  assert checkpoints.latest_step(job["workdir"]) == STEPS
+
+
+def test_each_process_reads_only_its_shard(job):
+  # Observable: the input-pipeline state each process checkpoints (its sampler, its shard and the
+  # last index it read), from which the record keys it read are rebuilt.
+  assert job["status"] == 0
+  read = [mp.records_read(job["workdir"], i, 2) for i in range(2)]
+  assert [len(r) for r in read] == [4 * STEPS, 4 * STEPS]  # batch 8 over 2 processes
+  assert len(set(read[0]) | set(read[1])) == 8 * STEPS  # disjoint, nothing read twice
+
+
+def test_two_processes_end_with_the_parameters_of_one_process_with_8_devices(job):
+  assert job["status"] == 0
+  workdir = job["tmp"] / "one_process"
+  result = mp.run_single(mp.pretrain_args(workdir, *OVERRIDES), job["env"], devices=8)
+  assert result.returncode == 0, result.stdout + result.stderr
+  one = mp.records_read(workdir, 0, 1)
+  two = [mp.records_read(job["workdir"], i, 2) for i in range(2)]
+  # The global batch of step k: process 0's 4 examples, then process 1's (the rows of the mesh).
+  two_per_step = [two[0][4 * k:4 * k + 4] + two[1][4 * k:4 * k + 4] for k in range(STEPS)]
+  one_per_step = [one[8 * k:8 * k + 8] for k in range(STEPS)]
+  assert two_per_step == one_per_step, (
+      "the 2-process run trained on other global batches than the 1-process run, so their "
+      "parameters cannot agree (grain's ShardByJaxProcess gives each process a contiguous part of "
+      "the records and shuffles within it). Step 1: 1 process read "
+      f"{one_per_step[0]}, 2 processes {two_per_step[0]}.")
+  # Only float rounding differs (sums over 4 + 4 rows instead of 8).
+  _assert_same_params(mp.params(job["workdir"]), mp.params(workdir), rtol=1e-4, atol=1e-5)
+
+
+def test_a_two_process_checkpoint_loads_in_one_process_with_load_variables(job):
+  # What `rij.models.create(..., weights=workdir)` and fine-tuning do with a pod-trained run.
+  assert job["status"] == 0
+  loaded = checkpoints.load_variables(job["workdir"])
+  from flax import traverse_util
+  flat = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(loaded).items()}
+  _assert_same_params(flat, mp.params(job["workdir"]), rtol=0, atol=0)
+
+
+def test_a_failed_build_stops_every_process_with_the_builders_error(job):
+  # radimagenet/default needs the manually downloaded release, which a training config cannot
+  # name: the build fails on process 0 (before writing anything), the real failure a user meets.
+  data_dir = job["tmp"] / "tfds_failing"
+  env = dict(job["env"], TFDS_DATA_DIR=str(data_dir))
+  started = time.monotonic()
+  status, out, launch = mp.run_local(
+      2, 4, mp.pretrain_args(job["tmp"] / "failing", "--config.dataset=radimagenet/default"),
+      env, job["tmp"] / "logs_failing", timeout=300)
+  elapsed = time.monotonic() - started
+  log0, log1 = launch.log(0), launch.log(1)
+  assert status == 1, out + launch.logs()
+  assert "process 0 exited with status 1" in out and "process 1 exited with status 1" in out
+  assert "process 1: waiting for process 0 to build radimagenet/default" in log1
+  assert "radimagenet needs the manually downloaded release" in log0
+  assert re.search(r"process 0 \(.*\) failed while preparing radimagenet/default: ValueError: "
+                   r"radimagenet needs the manually downloaded release", log1), log1
+  assert "DEADLINE_EXCEEDED" not in log0 + log1
+  assert elapsed < 240, f"took {elapsed:.0f} s"  # start-up included; no timeout was waited out
+  assert not data_dir.exists() or not os.listdir(data_dir)  # nothing left behind
+
+
+def _interrupt_after_checkpoint(job, workdir, logs, after_step, sig, process):
+  """Starts the run, sends `sig` to `process` once a checkpoint later than `after_step` exists,
+  waits for local.sh; returns (status, console, Launch, seconds from the signal to the end)."""
+  launch = mp.Launch(2, 4, mp.pretrain_args(workdir, *OVERRIDES), job["env"], logs)
+  try:
+    def later_checkpoint():
+      step = checkpoints.latest_step(workdir) if (workdir / "checkpoints").is_dir() else None
+      return (step is not None and step > after_step) or launch.proc.poll() is not None
+    mp.wait_for(later_checkpoint, 300, f"a checkpoint after step {after_step} in {workdir}")
+    assert launch.proc.poll() is None, "the run ended before the signal:\n" + launch.logs()
+    os.kill(launch.pid(process), sig)
+    signalled = time.monotonic()
+    status, out = launch.wait(timeout=BOUND_S + 60)
+    return status, out, launch, time.monotonic() - signalled
+  finally:
+    launch.kill()
+
+
+def test_sigterm_then_kill_9_then_rerun_ends_with_the_parameters_of_an_uninterrupted_run(job):
+  assert job["status"] == 0
+  workdir = job["tmp"] / "interrupted"
+
+  # 1. SIGTERM to process 1 only (what SLURM/Kubernetes/TPU maintenance send). The engine's
+  # contract: every process finishes the step, all save the checkpoint of the same step, print
+  # "... stopped by SIGTERM at step N ... re-run the same command to resume" and exit with 143.
+  status, out, launch, _ = _interrupt_after_checkpoint(
+      job, workdir, job["tmp"] / "logs_sigterm", 0, signal.SIGTERM, 1)
+  assert status == 143, out + launch.logs()
+  stopped = []
+  for i in range(2):
+    match = re.search(r"stopped by SIGTERM at step (\d+).*re-run the same command to resume",
+                      launch.log(i))
+    assert match, launch.log(i)
+    stopped.append(int(match.group(1)))
+  assert stopped[0] == stopped[1] and 0 < stopped[0] < STEPS, stopped
+  assert checkpoints.latest_step(workdir) == stopped[0]
+
+  # 2. The re-run resumes there; kill -9 of process 1 after its next checkpoint: process 0 must
+  # exit with an error within BOUND_S (the heartbeat timeout is 10 s here), not hang.
+  status, out, launch, survivor_s = _interrupt_after_checkpoint(
+      job, workdir, job["tmp"] / "logs_killed", stopped[0], signal.SIGKILL, 1)
+  assert f"steps {stopped[0]} -> {STEPS} (resumed)" in launch.log(0), launch.log(0)
+  assert "process 1 exited with status 137" in out, out
+  assert re.search(r"process 0 exited with status [1-9]\d*", out), out + launch.logs()
+  assert survivor_s < BOUND_S, f"process 0 took {survivor_s:.0f} s to exit after the kill"
+  killed_at = checkpoints.latest_step(workdir)
+  assert stopped[0] < killed_at < STEPS, killed_at
+
+  # 3. Re-running the launcher resumes from the last checkpoint and ends exactly where the
+  # uninterrupted run ended.
+  status, out, launch = mp.run_local(2, 4, mp.pretrain_args(workdir, *OVERRIDES), job["env"],
+                                     job["tmp"] / "logs_rerun")
+  assert status == 0, out + launch.logs()
+  assert f"steps {killed_at} -> {STEPS} (resumed)" in launch.log(0), launch.log(0)
+  _assert_same_params(mp.params(job["workdir"]), mp.params(workdir), rtol=0, atol=0)
+
+
+_CACHE_SCRIPT = """
+import jax, jax.numpy as jnp
+from radimagenet_jax import distributed
+hits = []
+def listen(event, **kwargs):
+  if event == "/jax/compilation_cache/cache_hits":
+    hits.append(event)
+jax.monitoring.register_event_listener(listen)
+print("dir", distributed.enable_compilation_cache())
+print("value", float(jax.jit(lambda x: jnp.sin(x) * 2)(jnp.float32(1.0))))
+print("hits", len(hits))
+"""
+
+
+def test_a_second_process_loads_a_tiny_jitted_function_from_the_compile_cache(tmp_path):
+  cache = tmp_path / "cache"
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  # JAX caches only programs that took >= 1 s to compile; this one takes milliseconds.
+  env.update(RADIMAGENET_JAX_CACHE=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PLATFORMS="cpu")
+  runs = []
+  for _ in range(2):
+    result = subprocess.run([sys.executable, "-c", _CACHE_SCRIPT], env=env, capture_output=True,
+                            text=True, timeout=120, cwd=mp.REPO)
+    assert result.returncode == 0, result.stderr
+    runs.append((result.stdout, sorted(p.name for p in cache.rglob("*") if p.is_file())))
+  (first, files_first), (second, files_second) = runs
+  assert f"dir {cache}" in first and "hits 0\n" in first
+  assert files_first, "the first run wrote nothing into the cache"
+  assert "hits 0\n" not in second and files_second == files_first
+
+
+def test_compilation_cache_dir_resolves_argument_then_env_then_default(monkeypatch, tmp_path):
+  monkeypatch.delenv(distributed.CACHE_ENV, raising=False)
+  assert distributed.compilation_cache_dir() == os.path.expanduser(
+      "~/.cache/radimagenet_jax/jax")
+  monkeypatch.setenv(distributed.CACHE_ENV, str(tmp_path / "env"))
+  assert distributed.compilation_cache_dir("") == str(tmp_path / "env")
+  assert distributed.compilation_cache_dir(str(tmp_path / "arg")) == str(tmp_path / "arg")
+  assert distributed.compilation_cache_dir("none") is None
+  monkeypatch.setenv(distributed.CACHE_ENV, "none")
+  assert distributed.compilation_cache_dir() is None
+  assert distributed.compilation_cache_dir("gs://bucket/cache") == "gs://bucket/cache"
+
+
+def test_bad_timeout_in_the_environment_is_an_error_naming_it(monkeypatch):
+  monkeypatch.setenv(distributed.HEARTBEAT_TIMEOUT_ENV, "soon")
+  with pytest.raises(ValueError, match="RADIMAGENET_JAX_HEARTBEAT_TIMEOUT='soon': expected a "
+                                       "positive whole number of seconds"):
+    distributed.env_seconds(distributed.HEARTBEAT_TIMEOUT_ENV, 60)
