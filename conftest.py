@@ -12,3 +12,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TFDS_DATA_DIR", os.path.join(os.path.dirname(__file__), ".pytest_tfds"))
 os.environ.setdefault("NO_GCE_CHECK", "true")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# JAX's persistent compilation cache (the engine turns it on): one per checkout, shared by the
+# test workers, so identical steps compiled by several tests compile once; never the user's cache.
+os.environ.setdefault("RADIMAGENET_JAX_CACHE", os.path.join(os.path.dirname(__file__),
+                                                            ".pytest_cache", "jax_cache"))
