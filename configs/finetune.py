@@ -15,7 +15,8 @@ The ``:arg`` is a comma-separated list of one data set variant and ``key=value``
   init=INIT    random | a label of config.inits (radimagenet, imagenet, demo) | a .h5 / checkpoint path
   freeze=MODE  all | head (the paper's "freeze all") | top10 | top<N> | rules:REGEX=train|freeze;...
   lr=FLOAT     learning rate (Adam with Keras's defaults)
-  fold=K       test on fold K of the fold0..fold4 splits (0..4), `none` (train/validation/test)
+  fold=K       test on fold K of the fold0..fold4 splits (0..4), `all` (one run per fold in
+               WORKDIR/fold<K>), `none` (the builder's train/validation/test)
   sweep=NAME   paper (24 scenarios x inits x folds) | demo | tiny, for `radimagenet-jax sweep`
 Defaults follow the official scripts: Adam (lr 1e-3, epsilon 1e-7), 30 epochs, 256x256 inputs, batch
 256, the data set's augmentation, validation every epoch, the checkpoint of the lowest validation loss

@@ -38,12 +38,9 @@ def validate_config(config) -> None:
   freeze.check_mode(config.freeze)
   if config.fold not in ("none", "all") and not str(config.fold).isdigit():
     raise ValueError(f"config.fold={config.fold!r}: expected a fold number 0..{config.num_folds - 1}"
-                     f", 'none' (the builder's train/validation/test splits) or 'all' (sweep).")
+                     f", 'none' (the builder's train/validation/test splits) or 'all' (every fold).")
   if str(config.fold).isdigit() and int(config.fold) >= config.num_folds:
     raise ValueError(f"config.fold={config.fold} is not below config.num_folds={config.num_folds}.")
-  if config.fold == "all":
-    raise ValueError("config.fold='all' runs several folds: use `radimagenet-jax sweep` (or one "
-                     "`finetune` per fold, fold=0..4).")
   if not 0 < config.val_fraction < 1:
     raise ValueError(f"config.val_fraction={config.val_fraction} must be in (0, 1).")
 
@@ -56,8 +53,14 @@ def _with(config, **values):
 
 
 def finetune(config, workdir: str) -> dict[str, Any]:
-  """Fine-tunes, selects the best epoch on validation, predicts the test set; returns run.json."""
+  """Fine-tunes, selects the best epoch on validation, predicts the test set; returns run.json.
+
+  ``config.fold == 'all'``: one run per fold in ``<workdir>/fold<k>`` (each resumable), and a
+  dict {fold: run.json}; `radimagenet-jax report <workdir>/fold*` pools them."""
   validate_config(config)
+  if config.fold == "all":
+    return {k: finetune(_with(config, fold=str(k)), os.path.join(workdir, f"fold{k}"))
+            for k in range(config.num_folds)}
   workdir = os.path.abspath(os.path.expanduser(workdir))
   config_lib.check_workdir_writable(workdir)
   label, path = init_lib.resolve(config)
