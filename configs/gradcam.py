@@ -16,6 +16,10 @@ The ``:arg`` is a comma-separated list of variants and ``key=value`` settings:
   model_a=NAME, model_b=NAME   architectures (model_b=none: one model, no comparison)
 Weights: ``--config.model_a.weights=`` an Orbax checkpoint dir (training workdir or `convert` output)
 or a Keras .h5 file; empty = random init (seed ``model_a.seed``).
+Preprocessing: ``preprocess='auto'`` (default) uses what each model's weights record
+(`rij.keras_io.weights_info`: checkpoint metadata; for a Keras file its name, RadImageNet-* ->
+radimagenet, keras.applications ImageNet files -> their mode); 'radimagenet' for random init.
+The workdir must be new, empty or a previous gradcam run: another command's run is refused.
 """
 import ml_collections
 
@@ -54,7 +58,7 @@ def get_config(arg=None):
   c.max_images = 0                     # 0: the whole split
   c.image_size = 256                   # the paper's fine-tuning input size
   c.resize = "nearest"                 # as the training pipeline (Keras load_img)
-  c.preprocess = "radimagenet"         # radimagenet | caffe | imagenet | unit | tf
+  c.preprocess = "auto"                # auto (the weights') | radimagenet | caffe | imagenet | tf
   c.batch_size = 16
   c.num_classes = 0                    # 0: from the dataset's label feature
 

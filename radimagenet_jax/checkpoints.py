@@ -10,6 +10,9 @@ One layout serves training workdirs and `radimagenet-jax convert` outputs, so th
 
 ``<root>`` is a training workdir or a convert output directory; ``load_variables`` also accepts the
 ``checkpoints`` folder itself or a single ``<step>`` folder.
+
+Checkpoints carry what their weights are (model, classes, input size, preprocessing mode, class
+names, source file); `keras_io.weights_info(path)` reads that back for a checkpoint or a Keras file.
 """
 from __future__ import annotations
 
@@ -25,6 +28,12 @@ VARIABLES, TRAIN, DATA_ITER, METADATA = "variables", "train", "data_iter", "meta
 # Fields that must match between a workdir's checkpoint and the config that wants to resume it.
 IDENTITY_KEYS = ("model_name", "num_classes", "image_size")
 VARIABLE_COLLECTIONS = ("params", "batch_stats")  # what a checkpoint's `variables` item holds
+
+
+# keras.applications' own preprocess_input mode per model, for Keras's ImageNet weight files.
+KERAS_IMAGENET_PREPROCESS = {"resnet50": "caffe", "densenet121": "imagenet",
+                             "inception_v3": "tf", "inception_resnet_v2": "tf"}
+DEFAULT_PREPROCESS = "radimagenet"  # the official RadImageNet code's preprocessing
 
 
 class CheckpointMismatchError(ValueError):
@@ -171,3 +180,15 @@ def load_variables(directory: str | os.PathLike, model_name: str | None = None,
         **{VARIABLES: ocp.args.StandardRestore(target)}))[VARIABLES]
   return {k: jax.tree.map(lambda a: jax.device_get(a), restored[k])
           for k in VARIABLE_COLLECTIONS if k in restored}
+
+
+def preprocess_for_file(file_name, model_name: str | None) -> tuple[str | None, str]:
+  """(mode, where it comes from) of a weight file, from its name: 'radimagenet' when the name
+  contains RadImageNet (the official release), keras.applications' mode for Keras's ImageNet files
+  (`*imagenet*`, `*_tf_dim_ordering_*`), else (None, 'unknown')."""
+  base = os.path.basename(os.fspath(file_name)).lower()
+  if "radimagenet" in base:
+    return "radimagenet", "file name (RadImageNet weights)"
+  if ("imagenet" in base or "tf_dim_ordering" in base) and model_name in KERAS_IMAGENET_PREPROCESS:
+    return KERAS_IMAGENET_PREPROCESS[model_name], "file name (keras.applications ImageNet weights)"
+  return None, "unknown"

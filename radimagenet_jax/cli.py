@@ -148,19 +148,42 @@ def _report_lines(rep) -> list[str]:
 def _gradcam(argv):
   config, workdir = _config_command(argv, "gradcam")
   from radimagenet_jax.explain import study
-  study.run(config, workdir)
+  study.run(config, workdir, verbose=True)
 
 
 def _convert(argv):
+  from radimagenet_jax.data.preprocess import MODES
   p = argparse.ArgumentParser(prog="radimagenet-jax convert",
                               description=_COMMANDS["convert"][1])
-  p.add_argument("--model", required=True, help="resnet50 | densenet121 | inception_v3 | "
-                 "inception_resnet_v2")
+  p.add_argument("--model", default=None, help="resnet50 | densenet121 | inception_v3 | "
+                 "inception_resnet_v2 (default: the model the file matches)")
   p.add_argument("--h5", required=True, help="Keras .h5 / .weights.h5 file")
   p.add_argument("--workdir", required=True, help="output Orbax checkpoint directory")
+  p.add_argument("--preprocess", default=None, choices=MODES, help="preprocessing the weights "
+                 "were trained with (default: from the file name: radimagenet for RadImageNet "
+                 "files, the keras.applications mode for Keras ImageNet files)")
+  p.add_argument("--image_size", type=int, default=None, help="input size recorded (default: "
+                 "the model's)")
+  p.add_argument("--class_names", default=None, help="comma-separated names of the classes of "
+                 "the file's classifier")
+  p.add_argument("--drop_head", action="store_true", help="convert the backbone only, without "
+                 "the file's classifier")
   args = p.parse_args(argv)
   from radimagenet_jax import keras_io
-  keras_io.convert(args.h5, args.model, args.workdir)
+  model = args.model
+  if model is None:
+    model = keras_io.weights_info(args.h5)["model_name"]
+    if model is None:
+      raise ValueError(f"{args.h5}: matches none of the four models; pass --model "
+                       f"(`radimagenet-jax inspect {args.h5}` tells what the file holds).")
+  names = None if args.class_names is None else [c.strip() for c in args.class_names.split(",")]
+  out = keras_io.convert(args.h5, model, args.workdir, preprocess=args.preprocess,
+                         image_size=args.image_size, class_names=names,
+                         keep_head=not args.drop_head)
+  info = keras_io.weights_info(out)
+  head = f", {info['num_classes']}-class head" if info["num_classes"] else ""
+  print(f"wrote {out} ({info['model_name']}{head}, preprocess {info['preprocess']}, "
+        f"{info['num_parameters']:,} parameters)")
 
 
 def _inspect(argv):

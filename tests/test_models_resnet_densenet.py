@@ -212,6 +212,26 @@ def test_create_returns_model_and_trainable_variables():
       32, 224, "relu", "DenseNet121")
 
 
+def test_num_classes_0_is_a_features_only_model_end_to_end(tmp_path):
+  """create(num_classes=0): no head parameters, the pooled features (B, 2048), equal to the mean of
+  method="features"; weights with a classifier (a Keras file, a checkpoint) load without it."""
+  model, variables = rij.models.create("resnet50", num_classes=0, rng=jax.random.key(1))
+  assert "predictions" not in variables["params"] and "dropout" not in variables["params"]
+  x = jax.random.normal(jax.random.key(0), (3, 32, 32, 3))
+  pooled = model.apply(variables, x, train=False)
+  fmap = model.apply(variables, x, method="features")
+  assert pooled.shape == (3, 2048) and fmap.shape == (3, 1, 1, 2048)
+  np.testing.assert_allclose(pooled, jnp.mean(fmap, axis=(1, 2)), rtol=1e-6, atol=1e-6)
+  _, with_head = rij.models.create("resnet50", num_classes=2, rng=jax.random.key(1))
+  path = str(tmp_path / "top.h5")
+  rij.keras_io.save_h5(with_head, "resnet50", path, format="legacy", include_head=True)
+  ckpt = rij.keras_io.convert(path, "resnet50", tmp_path / "ckpt")   # keeps the 2-class head
+  for weights in (path, ckpt):
+    _, loaded = rij.models.create("resnet50", num_classes=0, weights=weights)
+    assert "predictions" not in loaded["params"]
+    np.testing.assert_array_equal(model.apply(loaded, x, train=False), pooled)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 def test_inference_matches_keras_at_224(name):

@@ -132,8 +132,8 @@ def child_convert(workdir, marker):
     os.makedirs(target)
     open(marker, "w").close()
     time.sleep(300)
-  convert_lib.load_h5 = lambda path, name: {}
-  convert_lib.checkpoint.save_variables = save_variables
+  convert_lib.load_h5 = lambda path, name, **kwargs: {}
+  convert_lib.checkpoints.save_variables = save_variables
   convert_lib.convert("unused.h5", "resnet50", workdir)
 
 
@@ -157,8 +157,8 @@ def test_next_convert_removes_the_temporary_folder_of_a_killed_one(tmp_path, mon
     child.wait()
     child.stdout.close()
   assert (tmp_path / running / "ckpt").is_dir() and not out.exists()
-  monkeypatch.setattr(convert_lib, "load_h5", lambda path, name: {})
-  monkeypatch.setattr(convert_lib.checkpoint, "save_variables",
+  monkeypatch.setattr(convert_lib, "load_h5", lambda path, name, **kwargs: {})
+  monkeypatch.setattr(convert_lib.checkpoints, "save_variables",
                       lambda target, *a, **k: os.makedirs(os.path.join(target, "variables")))
   with caplog.at_level(logging.WARNING, logger="radimagenet_jax.keras_io"):
     convert_lib.convert("unused.h5", "resnet50", out)

@@ -3,8 +3,12 @@
 - `gradcam`: `gradcam(model, variables, x)` / `gradcam_full(...)`, one jitted batched pass;
 - `regions`: thresholding a map into a predicted lesion region, Dice / IoU against masks;
 - `study`: the `radimagenet-jax gradcam` command (a data set split, one or two models, statistics);
+  `checks`: what it validates before writing (settings, workdir, models, weights, layers, data) and
+  how it picks each model's preprocessing; `console`: its progress and summary lines;
+  `pictures`: its picture titles and files;
 - `plots`: overlays and the paper's Figure-5 panel.
 """
 from radimagenet_jax import _lazy
 
-__getattr__ = _lazy.attach(__name__, ("gradcam", "plots", "regions", "study"))
+__getattr__ = _lazy.attach(__name__, ("checks", "console", "gradcam", "pictures", "plots",
+                                               "regions", "study"))

@@ -16,7 +16,8 @@ Definitions (Selvaraju et al. 2017, as in the Keras Grad-CAM example):
   map       = resize_bilinear(cam, input size) / max   (an all-zero map stays zero)
 The map is scaled after the resize, so every non-zero map reaches exactly 1.0.
 
-``run(config, workdir)`` is the `radimagenet-jax gradcam` command: see configs/gradcam.py.
+The `radimagenet-jax gradcam` command is ``explain.study.run(config, workdir)``: see
+configs/gradcam.py.
 """
 from __future__ import annotations
 

@@ -1,12 +1,16 @@
 """`radimagenet-jax gradcam`: Grad-CAM over a data set split with lesion masks, for one or two models.
 
-Outputs in the workdir:
+Outputs in the workdir (a new or empty folder, or a previous gradcam run whose outputs are replaced;
+a workdir holding another command's run is refused before anything is written, see checks.py):
   per_image.csv   one row per (image, model): index, id, model, architecture, label, target,
-                  predicted, prob_target, dice, iou, mask_empty, mask_resized, pred_pixels, mask_pixels
+                  predicted, prob_target, dice, iou, mask_empty, mask_resized, pred_pixels,
+                  mask_pixels
   summary.json    settings, counts (images, empty masks, resized masks), per-model Dice/IoU mean and
-                  SD, and with two models the paired statistics (stats.paired_comparison)
-  overlays/<model>_<index>.png   heat map + mask outline for the first config.num_overlays images
-  panel.png       the paper's Figure 5 layout for two models (rows = images with a lesion)
+                  SD, preprocessing and where it came from, and with two models the paired
+                  statistics (stats.paired_comparison)
+  overlays/<model>_<index>.png   heat map, mask and thresholded-region outlines, label, prediction,
+                  colour bar, for the first config.num_overlays images
+  panel.png       the paper's Figure 5 layout for two models (rows = images with a lesion first)
   config.json     the config used
 
 Records are read from the TFDS source directly (not through the grain loader) so that the original
@@ -27,12 +31,13 @@ from radimagenet_jax import models
 from radimagenet_jax.data import pipeline
 from radimagenet_jax.data.preprocess import preprocess
 from radimagenet_jax.evaluate import paired as stats
+from radimagenet_jax.explain import checks, console
 from radimagenet_jax.explain import gradcam as gc
-from radimagenet_jax.explain import plots
+from radimagenet_jax.explain import pictures as pictures_lib
 from radimagenet_jax.explain import regions as sm
 
 ID_KEYS = ("source_id", "file_name", "patient_id")
-TARGETS = ("predicted", "label")
+TARGETS = checks.TARGETS
 
 
 def _text(value) -> str:
@@ -59,8 +64,9 @@ def iterate_batches(source, config, preprocess_modes):
     for i in idx:
       rec = source[i]
       if config.mask_key not in rec:
-        raise KeyError(f"{config.dataset}[{config.split}] record {i} has no {config.mask_key!r} "
-                       f"feature (keys: {sorted(rec)}); set --config.mask_key.")
+        raise ValueError(f"{config.dataset}[{config.split}] record {i} has no "
+                         f"{config.mask_key!r} feature (keys: {sorted(rec)}); set "
+                         f"--config.mask_key.")
       image = pipeline.decode_image(rec["image"])
       mask = pipeline.decode_image(rec[config.mask_key])
       resized.append(mask.shape[:2] != image.shape[:2])
@@ -78,22 +84,26 @@ def iterate_batches(source, config, preprocess_modes):
            "ids": ids, "indices": idx, "resized": np.asarray(resized, bool), "valid": valid}
 
 
-def _models(config, num_classes):
+def class_names(source, num_classes: int) -> list[str]:
+  """The dataset's label names (TFDS), or '0', '1', ... for a source without dataset_info."""
+  try:
+    names = [str(n) for n in pipeline.class_names(source)]
+  except AttributeError:
+    names = []
+  return names + [str(i) for i in range(len(names), num_classes)]
+
+
+def _create(plans, num_classes):
+  """Builds each model and loads its weights (every load error comes before anything is written).
+  A Keras file's classifier is kept when it has the data set's class count (a fine-tuned model)."""
   out = []
-  for key in ("model_a", "model_b"):
-    m = config[key]
-    if not m.name:
-      continue
-    model, variables = models.create(m.name, num_classes=num_classes, weights=m.weights or None,
-                                     rng=jax.random.key(m.seed))
-    out.append({"label": m.label or key, "name": models.get_spec(m.name).name, "model": model,
-                "weights": m.weights or f"random init (seed {m.seed})",
-                "variables": variables, "layer": m.layer or None,
-                "preprocess": m.preprocess or config.preprocess})
-  if not out:
-    raise ValueError("config.model_a.name is empty: nothing to explain.")
-  if len(out) == 2 and out[0]["label"] == out[1]["label"]:
-    out[1]["label"] += "_2"
+  for p in plans:
+    info = p["info"] or {}
+    keep = True if info.get("kind") == "keras" and info.get("num_classes") == num_classes else None
+    model, variables = models.create(p["name"], num_classes=num_classes, load_head=keep,
+                                     weights=p["weights"] or None, rng=jax.random.key(p["seed"]))
+    out.append(dict(p, model=model, variables=variables,
+                    weights=p["weights"] or f"random init (seed {p['seed']})"))
   return out
 
 
@@ -104,26 +114,48 @@ def _summary_block(dice, iou, empty, include_empty):
                           "dice_mean": float(dice[empty].mean()) if empty.any() else None}}
 
 
-def run(config, workdir: str):
-  """Runs the configured Grad-CAM evaluation; returns the summary dict (also in summary.json)."""
-  if config.target not in TARGETS:
-    raise ValueError(f"config.target={config.target!r}; expected one of {TARGETS}.")
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+def run(config, workdir: str, verbose: bool = False):
+  """Runs the configured Grad-CAM evaluation; returns the summary dict (also in summary.json).
+
+  Everything is checked before anything is written: the settings, the workdir (never another
+  command's run), the models, their weights, layers and preprocessing, the data split. With
+  ``verbose`` (the command) it prints progress, a summary and the files written.
+  """
+  checks.check_config(config)
+  checks.check_workdir(workdir)
+  plans = checks.model_plans(config)
   source, num_classes = load_records(config)
-  models = _models(config, num_classes)
-  modes = sorted({m["preprocess"] for m in models})
-  per = {m["label"]: {"dice": [], "iou": []} for m in models}
+  checks.check_source(source, config)
+  names = class_names(source, num_classes)
+  models_ = _create(plans, num_classes)
+  n = len(source) if not config.max_images else min(config.max_images, len(source))
+  with console.Reporter(n, verbose) as reporter:
+    if verbose:
+      for m in models_:
+        reporter.line(f"gradcam: {m['label']} = {m['name']} ({m['weights']}), preprocess "
+                      f"{m['preprocess']} ({m['preprocess_origin']}), layer {m['layer']}")
+    result = _compute(source, config, models_, reporter)
+  summary = _summary(config, models_, *result[:3])
+  files = _write(workdir, config, models_, summary, result[3], result[4], names)
+  if verbose:
+    for line in console.summary_lines(summary) + [f"wrote {f}" for f in files]:
+      print(line)
+  logging.info("Grad-CAM summary: %s", json.dumps(summary["models"]))
+  return summary
+
+
+def _compute(source, config, models_, reporter):
+  """(per-model dice/iou lists, empty, resized, per-image rows, pictures) over the split."""
+  modes = sorted({m["preprocess"] for m in models_})
+  per = {m["label"]: {"dice": [], "iou": []} for m in models_}
   rows, empty, resized, pictures = [], [], [], []
+  keep = max(config.num_overlays, 4 * config.panel_rows)
   for batch in iterate_batches(source, config, modes):
     v = batch["valid"]
-    maps_b, dice_b = {}, {}
-    for m in models:
+    seen = {}
+    for m in models_:
       x = batch["images"][m["preprocess"]]
-      target = None
-      if config.target == "label":
-        target = np.pad(batch["labels"], (0, len(x) - v))
+      target = np.pad(batch["labels"], (0, len(x) - v)) if config.target == "label" else None
       res = gc.gradcam_full(m["model"], m["variables"], x, m["layer"], target, config.score)
       maps = np.asarray(res.maps)[:v]
       pred = sm.predicted_regions(maps=maps, cams=np.asarray(res.cams)[:v],
@@ -134,7 +166,7 @@ def run(config, workdir: str):
       targets = np.asarray(res.targets)[:v]
       per[m["label"]]["dice"].append(dice)
       per[m["label"]]["iou"].append(iou)
-      maps_b[m["label"]], dice_b[m["label"]] = maps, dice
+      seen[m["label"]] = (maps, dice, pred, probs)
       for j in range(v):
         rows.append({"index": batch["indices"][j], "id": batch["ids"][j], "model": m["label"],
                      "architecture": m["name"], "label": int(batch["labels"][j]),
@@ -143,22 +175,23 @@ def run(config, workdir: str):
                      "iou": float(iou[j]), "mask_empty": bool(empty_b[j]),
                      "mask_resized": bool(batch["resized"][j]), "pred_pixels": int(pred[j].sum()),
                      "mask_pixels": int(batch["masks"][j].sum())})
+    reporter.advance(v)
     empty.append(empty_b)
     resized.append(batch["resized"])
     # Keep only what the pictures need (a few images), not every map of the split.
-    for j in range(v):
-      if len(pictures) < max(config.num_overlays, 4 * config.panel_rows):
-        pictures.append({"index": batch["indices"][j], "id": batch["ids"][j],
-                         "image": batch["images"][modes[0]][j], "mask": batch["masks"][j],
-                         "empty": bool(empty_b[j]),
-                         "maps": {k: a[j] for k, a in maps_b.items()},
-                         "dice": {k: float(a[j]) for k, a in dice_b.items()}})
-  empty = np.concatenate(empty)
-  resized = np.concatenate(resized)
+    for j in range(min(v, keep - len(pictures))):
+      pictures.append({"index": batch["indices"][j], "id": batch["ids"][j],
+                       "image": batch["images"][modes[0]][j], "mask": batch["masks"][j],
+                       "label": int(batch["labels"][j]), "empty": bool(empty_b[j]),
+                       **{k: {lab: t[i][j] for lab, t in seen.items()}
+                          for i, k in enumerate(("maps", "dice", "region", "probs"))}})
+  return per, np.concatenate(empty), np.concatenate(resized), rows, pictures
+
+
+def _summary(config, models_, per, empty, resized):
   if resized.any():
     logging.warning("%d of %d masks differ in size from their image; resized (nearest).",
                     int(resized.sum()), len(resized))
-  _write_csv(os.path.join(workdir, "per_image.csv"), rows)
   summary = {"dataset": config.dataset, "split": config.split, "n_images": int(len(empty)),
              "n_empty_masks": int(empty.sum()), "n_masks_resized": int(resized.sum()),
              "settings": {"threshold": config.threshold, "comparison": config.comparison,
@@ -166,25 +199,36 @@ def run(config, workdir: str):
                           "include_empty_masks": config.include_empty_masks,
                           "image_size": config.image_size},
              "models": {}}
-  for m in models:
+  for m in models_:
     d = np.concatenate(per[m["label"]]["dice"])
     i = np.concatenate(per[m["label"]]["iou"])
     summary["models"][m["label"]] = {"architecture": m["name"], "weights": m["weights"],
-        "layer": m["layer"] or gc.default_layer(m["model"]), "preprocess": m["preprocess"],
+        "layer": m["layer"], "preprocess": m["preprocess"],
+        "preprocess_origin": m["preprocess_origin"],
         **_summary_block(d, i, empty, config.include_empty_masks)}
-  if len(models) == 2:
+  if len(models_) == 2:
     keep = np.ones_like(empty) if config.include_empty_masks else ~empty
-    a, b = (m["label"] for m in models)
+    a, b = (m["label"] for m in models_)
     summary["comparison"] = {
         metric: stats.paired_comparison(np.concatenate(per[a][metric])[keep],
                                         np.concatenate(per[b][metric])[keep],
                                         alpha=config.alpha, names=(a, b))
         for metric in ("dice", "iou")}
-  with open(os.path.join(workdir, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=2)
-  _write_pictures(workdir, config, models, pictures, plots)
-  logging.info("Grad-CAM summary: %s", json.dumps(summary["models"]))
   return summary
+
+
+def _write(workdir, config, models_, summary, rows, pictures, names) -> list[str]:
+  """Writes every output; returns the paths written (overlays as one 'overlays/ (N PNG)')."""
+  os.makedirs(workdir, exist_ok=True)
+  path = lambda name: os.path.join(workdir, name)
+  with open(path("config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  _write_csv(path("per_image.csv"), rows)
+  with open(path("summary.json"), "w") as f:
+    json.dump(summary, f, indent=2)
+  files = [path("per_image.csv"), path("summary.json")]
+  files += pictures_lib.write(workdir, config, [m["label"] for m in models_], pictures, names)
+  return files + [path("config.json")]
 
 
 def _write_csv(path, rows):
@@ -192,21 +236,3 @@ def _write_csv(path, rows):
     writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["index"])
     writer.writeheader()
     writer.writerows(rows)
-
-
-def _write_pictures(workdir, config, models, pictures, plots):
-  labels = [m["label"] for m in models]
-  for p in pictures[:config.num_overlays]:
-    for label in labels:
-      plots.overlay(p["image"], p["maps"][label], p["mask"], cmap=config.colormap,
-                    title=f"{label} {p['id']}  Dice {p['dice'][label]:.2f}",
-                    path=os.path.join(workdir, "overlays", f"{label}_{p['index']:05d}.png"))
-  if len(models) == 2 and config.panel_rows:
-    # Images with a lesion first, as in the paper's figure.
-    rows = sorted(pictures, key=lambda p: p["empty"])[:config.panel_rows]
-    a, b = labels
-    plots.panel([p["image"] for p in rows], [p["mask"] for p in rows],
-                [p["maps"][a] for p in rows], [p["maps"][b] for p in rows], names=(a, b),
-                dice_a=[p["dice"][a] for p in rows], dice_b=[p["dice"][b] for p in rows],
-                row_titles=[str(p["id"]) for p in rows], cmap=config.colormap,
-                path=os.path.join(workdir, "panel.png"))

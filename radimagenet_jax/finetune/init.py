@@ -21,9 +21,6 @@ from radimagenet_jax import checkpoints, keras_io, models
 
 log = logging.getLogger(__name__)
 RANDOM = "random"
-# keras.applications' own preprocess_input mode per model, for Keras's ImageNet weights.
-KERAS_IMAGENET_PREPROCESS = {"resnet50": "caffe", "densenet121": "imagenet",
-                             "inception_v3": "tf", "inception_resnet_v2": "tf"}
 
 
 def resolve(config) -> tuple[str, str | None]:
@@ -47,17 +44,19 @@ def resolve(config) -> tuple[str, str | None]:
 
 
 def preprocess_mode(config, label: str, path: str | None) -> str:
-  """``config.preprocess`` unless it is 'auto': then what the weights were trained with."""
+  """``config.preprocess`` unless it is 'auto': then what the weights were trained with (their
+  metadata, or a Keras file's name: `keras_io.weights_info`), `radimagenet` for a random init or
+  when the weights do not say; the label `imagenet` means Keras's ImageNet weights."""
   if config.preprocess != "auto":
     return config.preprocess
-  if path and os.path.isdir(path):
-    meta = checkpoints.read_metadata(path)
-    if meta.get("preprocess"):
-      return meta["preprocess"]
-  text = f"{label} {os.path.basename(path or '')}".lower()
-  if "imagenet" in text and "radimagenet" not in text:
-    return KERAS_IMAGENET_PREPROCESS[models.get_spec(config.model).name]
-  return "radimagenet"
+  name = models.get_spec(config.model).name
+  if path is not None:
+    mode = keras_io.weights_info(path, name).get("preprocess")
+    if mode:
+      return mode
+  if label == "imagenet":
+    return checkpoints.KERAS_IMAGENET_PREPROCESS[name]
+  return checkpoints.DEFAULT_PREPROCESS
 
 
 def keras_dense_init(rng, variables: dict) -> dict:

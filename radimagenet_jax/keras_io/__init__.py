@@ -18,9 +18,9 @@ per-class counter (`conv2d_57` is the 58th Conv2D), so the k-th Conv2D of the ta
 `conv2d*` group. Layer names stored in the file are never used for matching: InceptionV3 and IRV2
 names are auto-generated and differ between sessions. Every shape is checked.
 """
-from radimagenet_jax.keras_io.convert import convert
+from radimagenet_jax.keras_io.convert import convert, weights_info
 from radimagenet_jax.keras_io.describe import describe, matching_models
 from radimagenet_jax.keras_io.load import load_h5
 from radimagenet_jax.keras_io.save import save_h5
 
-__all__ = ["convert", "describe", "load_h5", "matching_models", "save_h5"]
+__all__ = ["convert", "describe", "load_h5", "matching_models", "save_h5", "weights_info"]

@@ -88,17 +88,30 @@ def variables_only(tree: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def create(name: str, num_classes: int = 1000, weights: str | os.PathLike | None = None, *,
-           dropout_rate: float = 0.5, dtype=jnp.float32, rng=None, **module_kwargs):
+           load_head: bool | None = None, dropout_rate: float = 0.5, dtype=jnp.float32, rng=None,
+           **module_kwargs):
   """Returns ``(model, variables)``.
 
-  weights: None (random init) | a Keras .h5 / .weights.h5 file (backbone loaded, head random) |
-  an Orbax checkpoint directory written by this project (train workdir or `convert` output).
+  weights: None (random init) | a Keras .h5 / .weights.h5 file | an Orbax checkpoint directory
+  written by this project (train workdir or `convert` output).
+  num_classes: the classifier's classes; 0 gives a features-only model (``model.apply`` returns
+  the pooled features (B, C), no head parameters, no head loaded).
+  load_head: None (default): a Keras file's classifier is skipped (a warning says so; the head
+  starts random), a checkpoint's classifier is loaded when it has one. True: the weights'
+  classifier is loaded, an error when they have none or its class count is not ``num_classes``.
+  False: the backbone only, from either.
   """
   spec = get_spec(name)
+  if num_classes == 0 and load_head:
+    raise ValueError(f"load_head=True with num_classes=0: a features-only {spec.name} has no "
+                     f"classifier to load; pass the classifier's num_classes, or load_head=None.")
   model = spec.module_cls(num_classes=num_classes, dropout_rate=dropout_rate, dtype=dtype,
                           **module_kwargs)
   variables = init_variables(model, rng)
   if weights is None:
+    if load_head:
+      raise ValueError(f"load_head=True without weights: there is no classifier to load; pass "
+                       f"weights=FILE_OR_DIR.")
     return model, variables
   path = os.fspath(weights)
   if os.path.isdir(path):
@@ -106,11 +119,31 @@ def create(name: str, num_classes: int = 1000, weights: str | os.PathLike | None
     loaded = checkpoints.load_variables(path, spec.name)
   elif os.path.isfile(path):
     from radimagenet_jax import keras_io  # the documented lazy import (keras_io builds on models)
-    loaded = keras_io.load_h5(path, spec.name)
+    loaded = (keras_io.load_h5(path, spec.name, load_head=True) if load_head
+              else keras_io.load_h5(path, spec.name))
   else:
     raise FileNotFoundError(f"weights={path!r}: no such file or directory; expected a Keras .h5 "
                             f"file or an Orbax checkpoint directory.")
-  return model, merge_variables(variables, loaded, source=path)
+  return model, merge_variables(variables, _choose_head(loaded, num_classes, load_head, path),
+                                source=path)
+
+
+def _choose_head(loaded, num_classes: int, load_head: bool | None, source: str):
+  """``loaded`` with or without its classifier 'predictions', as ``create``'s load_head says."""
+  head = loaded.get("params", {}).get("predictions")
+  if head is None:
+    if load_head:
+      raise ValueError(f"{source}: load_head=True but the weights have no classifier "
+                       f"'predictions' (backbone only); use load_head=None or False.")
+    return loaded
+  if load_head is False or num_classes == 0:
+    return {k: {n: v for n, v in c.items() if n != "predictions"} for k, c in loaded.items()}
+  found = int(head["kernel"].shape[-1])
+  if found != num_classes:
+    raise ValueError(f"{source}: the weights' classifier has {found} classes, num_classes="
+                     f"{num_classes} was requested; pass num_classes={found}, or load_head=False "
+                     f"to load the backbone only.")
+  return loaded
 
 
 def merge_variables(target, loaded, source: str = "<weights>"):
