@@ -90,8 +90,9 @@ def test_frozen_parameters_and_batchnorm_statistics_stay_bit_identical(resnet, m
   assert moments == 2 * freeze.count_trainable(variables["params"], mask)
 
 
-def _convolutions(model_name, mode):
-  """Convolution ops in the lowered (not compiled) train step of ``mode``."""
+def _ops(model_name, mode):
+  """(convolutions, matrix products) in the lowered (not compiled) train step of ``mode``, and in
+  the inference forward pass of the same model."""
   spec = rij.models.get_spec(model_name)
   params = jax.eval_shape(lambda: rij.models.init_variables(spec.module_cls(num_classes=2), None,
                                                             SIZE))
@@ -104,14 +105,19 @@ def _convolutions(model_name, mode):
   batch = {"image": jax.ShapeDtypeStruct((2, SIZE, SIZE, 3), jnp.float32),
            "label": jax.ShapeDtypeStruct((2,), jnp.int32)}
   fn = jax.jit(lambda s, m, b: steps.train_step(s, m, b, model=model, tx=tx, trainable=mask))
-  text = fn.lower(state, jax.eval_shape(steps.init_train_metrics), batch).as_text()
-  return text.count("stablehlo.convolution")
+  step = fn.lower(state, jax.eval_shape(steps.init_train_metrics), batch).as_text()
+  forward = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(
+      params, batch["image"]).as_text()
+  count = lambda text: (text.count("stablehlo.convolution"), text.count("stablehlo.dot_general"))
+  return count(step), count(forward)
 
 
 def test_head_mode_has_no_backbone_backward_pass():
-  forward = len([l for l in rij.models.keras_layers("resnet50") if l.kind == "Conv2D"])
-  assert _convolutions("resnet50", "head") == forward          # forward pass only
-  assert _convolutions("resnet50", "all") > 2.5 * forward      # + grads of inputs and kernels
+  (head_conv, head_dot), (fwd_conv, fwd_dot) = _ops("resnet50", "head")
+  assert head_conv == fwd_conv                  # the backbone's convolutions: forward only
+  assert head_dot <= fwd_dot + 2                # + the head's kernel gradient (and its input's)
+  (all_conv, all_dot), _ = _ops("resnet50", "all")
+  assert all_conv + all_dot > 2.5 * (fwd_conv + fwd_dot)   # + grads of inputs and kernels
 
 
 def test_init_from_keras_h5_loads_the_backbone_and_a_keras_initialised_head(tmp_path, resnet):

@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from radimagenet_jax.models.batchnorm import BATCH_STATS, KerasBatchNorm, bn_uses_running_average
+from radimagenet_jax.models.fast_ops import conv_general_dilated, max_pool_valid
 
 # Collections a model uses. Param paths are (collection, keras_layer_name, variable_name).
 PARAMS = "params"
@@ -103,7 +104,8 @@ class FlaxLayers:
 
   def conv(self, x, filters, kernel, *, name, strides=1, padding="valid", use_bias=True):
     y = nn.Conv(filters, _pair(kernel), strides=_pair(strides), padding=padding.upper(),
-                use_bias=use_bias, dtype=self.dtype, name=name)(x)
+                use_bias=use_bias, dtype=self.dtype, conv_general_dilated=conv_general_dilated,
+                name=name)(x)
     return self._tap(name, y)
 
   def bn(self, x, *, name):
@@ -134,6 +136,8 @@ class FlaxLayers:
 
   def max_pool(self, x, size, strides=None, padding="valid", *, name):
     strides = size if strides is None else strides
+    if padding.upper() == "VALID":
+      return self._tap(name, max_pool_valid(x, _pair(size), _pair(strides)))
     return self._tap(name, nn.max_pool(x, _pair(size), _pair(strides), padding.upper()))
 
   def avg_pool(self, x, size, strides=None, padding="valid", *, name):
