@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from radimagenet_jax import checkpoints, models
+from radimagenet_jax import _files, checkpoints, models
 from radimagenet_jax.keras_io.h5file import _open, _parse
 from radimagenet_jax.keras_io.load import _expected, _match, load_h5
 
@@ -141,24 +141,10 @@ def convert(h5_path, name: str, workdir, *, preprocess: str | None = None,
   return workdir
 
 
-@contextlib.contextmanager
 def _locked(folder: str, blocking: bool):
-  """An exclusive flock on `folder` (yields True), or False when not blocking and it is held."""
-  try:
-    import fcntl
-    fd = os.open(folder, os.O_RDONLY)
-  except (ImportError, OSError):  # no fcntl (Windows): every temporary folder counts as in use
-    yield blocking
-    return
-  try:
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-      held = True
-    except OSError:  # held by a running convert (or no flock on this file system)
-      held = False
-    yield held
-  finally:
-    os.close(fd)
+  """A convert's lock on its temporary folder (`_files.folder_lock`). Without flock a temporary
+  folder counts as in use, so only a blocking caller goes on."""
+  return _files.folder_lock(folder, blocking, unsupported=blocking)
 
 
 def _remove_stale(parent: str, prefix: str) -> None:

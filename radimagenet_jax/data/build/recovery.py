@@ -12,35 +12,18 @@ kill -9. `repair(data_path)`, called with that lock held, undoes what a killed b
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
 
+from radimagenet_jax import _files
+
 PREVIOUS_SUFFIX = ".previous"
 
 
-@contextlib.contextmanager
 def locked(folder: str, blocking: bool = True):
-  """Holds an exclusive flock on `folder` (yields True), or yields False when `blocking=False` and
-  another process holds it. Released by the kernel when the holder dies, even by kill -9."""
-  try:
-    import fcntl
-    fd = os.open(folder, os.O_RDONLY)
-  except (ImportError, OSError):  # no fcntl (Windows) or an unreadable folder: no locking
-    yield True
-    return
-  try:
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-      held = True
-    except BlockingIOError:  # another process holds it
-      held = False
-    except OSError:  # a file system without flock: go on unlocked
-      held = True
-    yield held
-  finally:
-    os.close(fd)
+  """The build's lock on ``folder`` (`_files.folder_lock`); without flock, builds go on unlocked."""
+  return _files.folder_lock(folder, blocking, unsupported=True)
 
 
 def repair(data_path: str) -> list[str]:
