@@ -151,22 +151,31 @@ def test_bn_bias_correction_recovers_the_average_of_the_batch_statistics():
   assert state_lib.bn_bias_corrected({"bn": {"mean": mean}}, 5000, m)["bn"]["mean"] is mean
 
 
+def _at_batch(monkeypatch, n, action):
+  """Calls ``action()`` when the loop makes its n-th batch global; returns the original to_global."""
+  calls = {"n": 0}
+  to_global = distributed.to_global
+
+  def hooked(batch, mesh):
+    calls["n"] += 1
+    if calls["n"] == n:
+      action()
+    return to_global(batch, mesh)
+
+  monkeypatch.setattr(distributed, "to_global", hooked)
+  return to_global
+
+
 # ---- Resume --------------------------------------------------------------------------------------
 
 def test_interrupted_and_resumed_run_ends_with_identical_params(tiny_setup, tmp_path, monkeypatch):
   config = _config()
   pretrain_lib.train_and_evaluate(config, str(tmp_path / "straight"))
 
-  calls = {"n": 0}
-  to_global = distributed.to_global
+  def interrupt():
+    raise KeyboardInterrupt("simulated preemption")
 
-  def interrupt_at_step_5(batch, mesh):
-    calls["n"] += 1
-    if calls["n"] == 5:
-      raise KeyboardInterrupt("simulated preemption")
-    return to_global(batch, mesh)
-
-  monkeypatch.setattr(distributed, "to_global", interrupt_at_step_5)
+  to_global = _at_batch(monkeypatch, 5, interrupt)
   with pytest.raises(KeyboardInterrupt):
     pretrain_lib.train_and_evaluate(config, str(tmp_path / "resumed"))
   assert ckpt_lib.latest_step(tmp_path / "resumed") == 4
@@ -264,16 +273,8 @@ def test_sigterm_saves_a_checkpoint_at_the_next_step_and_resume_is_exact(tiny_se
   from radimagenet_jax.train import preemption
   config = _config()
   pretrain_lib.train_and_evaluate(config, str(tmp_path / "straight"))
-  calls = {"n": 0}
-  to_global = distributed.to_global
-
-  def sigterm_at_step_3(batch, mesh):
-    calls["n"] += 1
-    if calls["n"] == 3:
-      os.kill(os.getpid(), signal.SIGTERM)   # as SLURM would; the handler only sets a flag
-    return to_global(batch, mesh)
-
-  monkeypatch.setattr(distributed, "to_global", sigterm_at_step_3)
+  # As SLURM would; the handler only sets a flag.
+  to_global = _at_batch(monkeypatch, 3, lambda: os.kill(os.getpid(), signal.SIGTERM))
   with pytest.raises(preemption.Preempted, match=r"stopped by SIGTERM at step 3; checkpoint saved"):
     pretrain_lib.train_and_evaluate(config, str(tmp_path / "resumed"))
   assert ckpt_lib.latest_step(tmp_path / "resumed") == 3   # not a multiple of checkpoint_every
