@@ -15,8 +15,15 @@ keras: tf.keras (Keras 3 on the TensorFlow backend, or tf.keras 2) keras.applica
   train = ``model.train_on_batch`` (compiled tf.function; XLA per ``--jit``), infer = the model
   called in a tf.function with training=False, gradcam = d class score / d last feature map under
   tf.GradientTape in a tf.function.
-torch: PyTorch eager ResNet50 v1 (torchvision's layout, stride on the 1x1 like Keras), written
-  with torch.nn below (torchvision is optional), channels_last memory format. resnet50 only.
+torch: on the CPU, PyTorch eager ResNet50 v1 (torchvision's layout, stride on the 1x1 like Keras),
+  written with torch.nn below (torchvision is optional), channels_last memory format; resnet50
+  only. With ``--device cuda``: torchvision's ResNet50, DenseNet121 and InceptionV3 and timm's
+  Inception-ResNet-v2 (random weights), channels_last, ``--dtype bfloat16`` = autocast, eager or
+  ``--compile`` (torch.compile, default mode), SGD with momentum.
+
+``--standalone --steps N`` skips the STEP protocol: it times N steps after the warm-up itself and
+prints ``RESULT <setup s> <median step s> <images/s> <info>`` (benchmarks/accelerator.py uses this
+on a GPU, where one framework at a time owns the device).
 """
 from __future__ import annotations
 
@@ -113,18 +120,43 @@ def torch_resnet50(num_classes):
   return backbone, head
 
 
+def torch_zoo_model(name, num_classes):
+  """torchvision / timm's model of the same architecture (random weights), for the GPU peer."""
+  if name == "inception_resnet_v2":
+    import timm
+    return timm.create_model("inception_resnet_v2", pretrained=False, num_classes=num_classes)
+  import torchvision
+  if name == "inception_v3":
+    return torchvision.models.inception_v3(num_classes=num_classes, aux_logits=False,
+                                           init_weights=False)
+  return getattr(torchvision.models, name)(num_classes=num_classes)
+
+
 def torch_step(args):
   import torch
-  if args.model != "resnet50":
+  s, cuda = args.image_size, args.device == "cuda"
+  if cuda:
+    if args.mode == "gradcam":
+      raise SystemExit("peers.py torch --device cuda: train and infer only")
+    model = torch_zoo_model(args.model, args.num_classes)
+    backbone = head = None
+  elif args.model != "resnet50":
     raise SystemExit(f"peers.py torch: only resnet50 is written in torch.nn here, not {args.model}")
-  backbone, head = torch_resnet50(args.num_classes)
-  model = torch.nn.Sequential(backbone, head).to(memory_format=torch.channels_last)
+  else:
+    backbone, head = torch_resnet50(args.num_classes)
+    model = torch.nn.Sequential(backbone, head)
+  model = model.to(args.device, memory_format=torch.channels_last)
   g = torch.Generator().manual_seed(0)
-  s = args.image_size
-  images = torch.randn(args.batch, 3, s, s, generator=g).contiguous(
+  images = torch.randn(args.batch, 3, s, s, generator=g).to(args.device).contiguous(
       memory_format=torch.channels_last)
-  labels = torch.randint(0, args.num_classes, (args.batch,), generator=g)
-  info = f"torch {torch.__version__}, {torch.get_num_threads()} threads, channels_last, eager"
+  labels = torch.randint(0, args.num_classes, (args.batch,), generator=g).to(args.device)
+  info = (f"torch {torch.__version__}, {torch.get_num_threads()} threads, channels_last, "
+          f"{args.dtype}{' autocast' if args.dtype != 'float32' else ''}, "
+          f"{'torch.compile' if args.compile else 'eager'}")
+  if args.compile:
+    model = torch.compile(model)
+  autocast = torch.autocast(args.device, dtype=getattr(torch, args.dtype),
+                            enabled=args.dtype != "float32")
   if args.mode == "train":
     model.train()
     opt = (torch.optim.Adam(model.parameters(), 1e-3) if args.optimizer == "adam"
@@ -133,7 +165,8 @@ def torch_step(args):
 
     def step():
       opt.zero_grad(set_to_none=True)
-      loss = loss_fn(model(images), labels)
+      with autocast:
+        loss = loss_fn(model(images), labels)
       loss.backward()
       opt.step()
       return loss.item()
@@ -141,8 +174,9 @@ def torch_step(args):
     model.eval()
 
     def step():
-      with torch.inference_mode():
-        return model(images)
+      with torch.inference_mode(), autocast:
+        out = model(images)
+      return out.float().sum().item() if cuda else out
   else:
     model.eval().requires_grad_(False)
 
@@ -168,10 +202,26 @@ def main(argv=None):
   p.add_argument("--optimizer", default="adam", choices=("adam", "sgd"))
   p.add_argument("--jit", default="auto", choices=("auto", "on", "off"),
                  help="keras: jit_compile (XLA) of the train step; infer/gradcam: XLA if 'on'")
+  p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="torch only")
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="torch only")
+  p.add_argument("--compile", action="store_true", help="torch only: torch.compile the model")
+  p.add_argument("--standalone", action="store_true", help="time --steps steps, print RESULT")
+  p.add_argument("--steps", type=int, default=20)
   args = p.parse_args(argv)
   t0 = time.perf_counter()
   step, info = (keras_step if args.peer == "keras" else torch_step)(args)
   step()
+  if args.standalone:
+    setup = time.perf_counter() - t0
+    step()   # torch.compile may recompile once more on the second call
+    times = []
+    for _ in range(args.steps):
+      t = time.perf_counter()
+      step()
+      times.append(time.perf_counter() - t)
+    med = sorted(times)[len(times) // 2]
+    print(f"RESULT {setup:.1f} {med:.6f} {args.batch / med:.1f} {info}", flush=True)
+    return
   print(f"READY {time.perf_counter() - t0:.3f} {info}", flush=True)
   for line in sys.stdin:
     if line.strip() != "STEP":

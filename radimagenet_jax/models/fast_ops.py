@@ -5,13 +5,32 @@ convolutions (36 of ResNet50's 53) as matrix products made the ResNet50 train st
 128 px; hand-written weight gradients behind an optimization barrier stop XLA from fusing the
 BatchNorm backward into the slow transposed copy feeding them; 'valid' max pooling in two separable
 passes. `layers.FlaxLayers` uses these; parameter names, shapes and initialisers are unchanged.
+
+They are XLA:CPU remedies: on a GPU or TPU the plain ``lax.conv_general_dilated`` and
+``reduce_window`` go to cuDNN / the TPU emitters, and the barriers would only block fusions and
+add GEMM autotuning to the compile. ``enabled()`` decides, at trace time: the environment variable
+``RADIMAGENET_JAX_FAST_OPS`` = ``auto`` (default: on when JAX's default backend is the CPU),
+``on`` or ``off``. Both paths give the same numbers up to float32 rounding (tests/test_fast_ops.py).
 """
 from __future__ import annotations
 
 import functools
+import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+FAST_OPS_ENV = "RADIMAGENET_JAX_FAST_OPS"
+_CHOICES = ("auto", "on", "off")
+
+
+def enabled() -> bool:
+  """Whether the CPU formulations are used (read at trace time; see the module docstring)."""
+  value = os.environ.get(FAST_OPS_ENV, "auto").strip().lower() or "auto"
+  if value not in _CHOICES:
+    raise ValueError(f"{FAST_OPS_ENV}={value!r}: expected one of {', '.join(_CHOICES)}")
+  return jax.default_backend() == "cpu" if value == "auto" else value == "on"
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
@@ -29,6 +48,11 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   BatchNorm backward into the transposed copy that the kernel-gradient product reads (a fused
   elementwise loop in transposed order, cache-hostile at 224x224); the copy alone is cheaper.
   """
+  if not enabled():
+    return jax.lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+        precision=precision, **kw)
   one_by_one = (rhs.ndim == 4 and rhs.shape[:2] == (1, 1) and feature_group_count == 1
                 and dimension_numbers is not None
                 and tuple(getattr(dimension_numbers, "lhs_spec", ())) == (0, 3, 1, 2)
@@ -111,6 +135,8 @@ def max_pool_valid(x, size, strides):
   (``nn.max_pool`` and Keras give it all to one); its sum is the same.
   """
   (kh, kw), (sh, sw) = size, strides
+  if not enabled():
+    return nn.max_pool(x, (kh, kw), (sh, sw), "VALID")
   n, h, w, c = x.shape
   oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
   rows = None

@@ -1,0 +1,56 @@
+"""models/fast_ops: the XLA:CPU formulations equal the plain lax ops (values and gradients), and
+RADIMAGENET_JAX_FAST_OPS picks the path."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from radimagenet_jax.models import fast_ops
+
+DN = jax.lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+
+
+def _conv_loss(x, k, strides, padding):
+  y = fast_ops.conv_general_dilated(x, k, strides, padding, dimension_numbers=DN)
+  return jnp.sum(jnp.sin(y)), y
+
+
+@pytest.mark.parametrize("ksize,strides,padding", [(1, (1, 1), "VALID"), (1, (2, 2), "VALID"),
+                                                   (3, (1, 1), "SAME"), (3, (2, 2), "VALID")])
+def test_conv_fast_equals_plain(monkeypatch, ksize, strides, padding):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 9, 9, 5)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(ksize, ksize, 5, 7)), jnp.float32)
+  results = {}
+  for mode in ("on", "off"):
+    monkeypatch.setenv(fast_ops.FAST_OPS_ENV, mode)
+    (_, y), grads = jax.value_and_grad(_conv_loss, argnums=(0, 1), has_aux=True)(
+        x, k, strides, padding)
+    results[mode] = (y, grads)
+  oracle = jax.lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=DN)
+  np.testing.assert_allclose(results["off"][0], oracle, rtol=0, atol=0)
+  np.testing.assert_allclose(results["on"][0], oracle, rtol=1e-5, atol=1e-5)
+  for g_on, g_off in zip(results["on"][1], results["off"][1]):
+    np.testing.assert_allclose(g_on, g_off, rtol=1e-4, atol=1e-4)
+
+
+def test_max_pool_fast_equals_plain(monkeypatch):
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 11, 11, 3)), jnp.float32)
+  oracle = nn.max_pool(x, (3, 3), (2, 2), "VALID")
+  for mode in ("on", "off"):
+    monkeypatch.setenv(fast_ops.FAST_OPS_ENV, mode)
+    y, g = jax.value_and_grad(lambda x: jnp.sum(fast_ops.max_pool_valid(x, (3, 3), (2, 2)) ** 2))(x)
+    np.testing.assert_array_equal(fast_ops.max_pool_valid(x, (3, 3), (2, 2)), oracle)
+    g_oracle = jax.grad(lambda x: jnp.sum(nn.max_pool(x, (3, 3), (2, 2), "VALID") ** 2))(x)
+    np.testing.assert_allclose(g, g_oracle, rtol=1e-6)   # no ties in random data
+
+
+def test_mode_selection(monkeypatch):
+  monkeypatch.setenv(fast_ops.FAST_OPS_ENV, "auto")
+  assert fast_ops.enabled() == (jax.default_backend() == "cpu")
+  monkeypatch.setenv(fast_ops.FAST_OPS_ENV, "off")
+  assert not fast_ops.enabled()
+  monkeypatch.setenv(fast_ops.FAST_OPS_ENV, "fast")
+  with pytest.raises(ValueError, match="RADIMAGENET_JAX_FAST_OPS='fast'.*auto, on, off"):
+    fast_ops.enabled()
