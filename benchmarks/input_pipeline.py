@@ -7,9 +7,14 @@ Builds a TFDS array_record dataset of 256x256 grayscale PNGs (random anatomy-lik
 dir, TF-free, then times the work of one training image: read the record, PNG decode, resize
 (nearest), the 'paper' ImageDataGenerator augmentation, the 'radimagenet' preprocessing, batching:
 - grain: `pipeline.make_loader` over `pipeline.open_source(..., decode=False)`, with 0 workers (this
-  process) and with each --workers count (images/s total and per worker process), once with the
-  preprocessing on the host and once with `preprocess_on_device=True` (the train loop's setting:
-  the workers ship uint8 / single-channel pixels and the jitted step preprocesses);
+  process) and with each --workers count (images/s total and per worker process), with the
+  preprocessing on the host, with `preprocess_on_device=True` (the workers ship uint8 /
+  single-channel pixels and the jitted step preprocesses), and with `augment_on_device=True` too
+  (the workers only draw the augmentation's parameters; the jitted step warps, then preprocesses;
+  the train loop's setting on an accelerator);
+- the device side of that last split: `augment_device.warp_batch` jitted on --warp_batch images
+  of --image_size (one channel) on JAX's default backend, ms per batch and us per image (median),
+  for both formulations (map_coordinates under vmap, the one the step uses, and explicit gathers);
 - baseline: the same steps as a plain per-image Python loop the way the original Keras generator
   does them (PIL decode, convert to RGB, resize, 3-channel augmentation, preprocess, np.stack).
 --profile adds a per-step breakdown; --read_threads and --decode_in_source try grain's reader
@@ -111,6 +116,8 @@ def _profile_stages(raw_source, image_size: int, augment_name: str, n: int = 200
       "PNG decode": lambda i, x: pipeline.decode_image(x),
       "resize": lambda i, x: pipeline.resize(x, size),
       "augment": lambda i, x: augment.random_transform(x, config, rng),
+      # What a worker still does per image with augment_on_device (the output is not used on).
+      "draw params": lambda i, x: (augment.transform_data(config, x.shape, rng), x)[1],
       "preprocess": lambda i, x: preprocess(x),
   }
   totals = dict.fromkeys(steps, 0.0)
@@ -146,6 +153,9 @@ def main(argv=None):
                       help="let TFDS decode the PNGs in grain's reader threads (open_source "
                            "decode=True) instead of in the map")
   parser.add_argument("--profile", action="store_true", help="also time each step separately")
+  parser.add_argument("--warp_batch", type=int, default=256,
+                      help="batch of the device warp timing (0: skip it)")
+  parser.add_argument("--warp_repeats", type=int, default=5, help="device warp timing runs")
   parser.add_argument("--data_dir", default=None, help="reuse a dataset dir (default: temp dir)")
   args = parser.parse_args(argv)
 
@@ -182,24 +192,57 @@ def _run(args, data_dir):
   if args.profile:
     _profile_stages(raw, args.image_size, args.augment)
 
-  def loader(workers, on_device):
+  def loader(workers, split):
     return pipeline.make_loader(source, batch_size=args.batch_size, image_size=args.image_size,
                                 augment=args.augment, worker_count=workers, seed=0,
-                                read_options=read_options, preprocess_on_device=on_device)
+                                read_options=read_options, preprocess_on_device=split != "host",
+                                augment_on_device=split == "augment")
 
   rate = _time_plain_loop(raw, args.image_size, args.batches, args.batch_size)
-  print(f"{'plain PIL+numpy loop (1 process)':48s} {rate:8.1f} images/s")
-  # Two ways to split the work: everything on the host (float32 RGB batches leave the workers),
-  # or the preprocessing in the jitted step (pixels leave the workers; what the train loop does).
-  for on_device in (False, True):
-    where = "preprocess in the step" if on_device else "preprocess on host"
-    rate0 = _time_loader(loader(0, on_device), args.batches, args.batch_size)
-    print(f"{f'grain, 0 workers, {where}':48s} {rate0:8.1f} images/s")
-    for workers in [w for w in args.workers if w > 0]:  # 0 is the in-process line above
-      rate = _time_loader(loader(workers, on_device), args.batches * max(workers, 1),
-                          args.batch_size, warmup=2 * max(workers, 1))
-      print(f"{f'grain, {workers} workers, {where}':48s} {rate:8.1f} images/s "
-            f"({rate / workers:.1f} per worker)")
+  print(f"{'plain PIL+numpy loop (1 process)':56s} {rate:8.1f} images/s")
+  # Three ways to split the work: everything on the host (float32 RGB batches leave the workers),
+  # the preprocessing in the jitted step (augmented float32 pixels leave the workers), or the
+  # augmentation's warp and the preprocessing in the step (uint8 pixels + a 2x3 matrix and two
+  # flip flags per image leave the workers; the train loop on an accelerator).
+  splits = {"host": "preprocess on host", "preprocess": "preprocess in the step",
+            "augment": "augment + preprocess in the step"}
+  for workers in [0] + [w for w in args.workers if w > 0]:
+    for split, where in splits.items():
+      if workers == 0:
+        rate = _time_loader(loader(0, split), args.batches, args.batch_size)
+        print(f"{f'grain, 0 workers, {where}':56s} {rate:8.1f} images/s")
+      else:
+        rate = _time_loader(loader(workers, split), args.batches * workers, args.batch_size,
+                            warmup=2 * workers)
+        print(f"{f'grain, {workers} workers, {where}':56s} {rate:8.1f} images/s "
+              f"({rate / workers:.1f} per worker)")
+  if args.warp_batch:
+    _time_device_warp(args.warp_batch, args.image_size, args.warp_repeats)
+
+
+def _time_device_warp(batch: int, size: int, repeats: int):
+  """The step's share of augment_on_device: the jitted warp of one batch on the default backend."""
+  import jax
+  from radimagenet_jax.data import augment, augment_device
+  config = augment.get_config("paper")
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (batch, size, size, 1), dtype=np.uint8)
+  data = [augment.transform_data(config, images.shape[1:], rng) for _ in range(batch)]
+  args = jax.device_put((images, np.stack([m for m, _ in data]), np.stack([f for _, f in data])))
+  device = jax.devices()[0]
+  for name, fn in (("map_coordinates (warp_batch)", augment_device.warp_batch),
+                   ("explicit gathers", augment_device.warp_batch_gathers)):
+    warp = jax.jit(fn)
+    jax.block_until_ready(warp(*args))  # compile
+    times = []
+    for _ in range(repeats):
+      start = time.perf_counter()
+      jax.block_until_ready(warp(*args))
+      times.append(time.perf_counter() - start)
+    t = float(np.median(times))
+    print(f"{f'device warp, {name}':56s} {t * 1e3:8.2f} ms per batch of {batch}x{size}x{size}x1 "
+          f"= {t / batch * 1e6:.1f} us/image ({device.platform}: {device.device_kind}; median of "
+          f"{repeats})")
 
 
 if __name__ == "__main__":

@@ -159,6 +159,26 @@ def affine_matrix(params: Mapping[str, float], rows: int, cols: int) -> np.ndarr
   return matrix[[1, 0, 2]][:, [1, 0, 2]]
 
 
+# make_loader(augment_on_device=True): the per-example transform data the workers ship instead of
+# warping (augment_device.warp_batch applies it in the jitted step).
+MATRIX_KEY = "aug_matrix"
+FLIP_KEY = "aug_flip"
+ON_DEVICE_MODES = ("auto", "on", "off")  # make_loader(augment_on_device=...), config field
+
+
+def transform_data(config: AugmentConfig, shape: tuple[int, ...],
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+  """(aug_matrix float32 (2, 3), aug_flip bool (2,)) for one image of `shape` (H, W, ...), from the
+  same draws of `rng` as `random_transform`: the first two rows of `affine_matrix` (output (r, c)
+  reads input M[:, :2] @ (r, c) + M[:, 2]; the identity when the transform is) and the
+  (horizontal, vertical) flips."""
+  params = random_params(config, shape, rng)
+  matrix = affine_matrix(params, shape[0], shape[1])
+  matrix = np.eye(2, 3) if matrix is None else matrix[:2]
+  flips = np.array([params["flip_horizontal"], params["flip_vertical"]], bool)
+  return matrix.astype(np.float32), flips
+
+
 def _warp_bilinear_edge(channel: np.ndarray, matrix: np.ndarray) -> np.ndarray:
   """scipy.ndimage.affine_transform(channel, matrix, order=1, mode='nearest') via Pillow.
 

@@ -13,6 +13,9 @@ ImageDataGenerator augmentation on 0..255 float pixels (augment.py), then the pr
 (preprocess.py). Grayscale images stay one channel through resize and augmentation (3x less work) and
 are replicated to three channels by the preprocessing, which is the same result as Keras' RGB loading.
 
+With `augment_on_device` the workers only draw the augmentation's parameters and the jitted step
+warps (augment_device.py): the warp was the largest per-image cost left in the worker processes.
+
 Determinism: grain hands every record a numpy Generator seeded from (seed, global record position),
 so augmentations do not depend on worker_count, and the iterator state (`get_state`/`set_state`, or
 the Orbax helpers below) restores the exact next batches.
@@ -170,6 +173,19 @@ class Augment(grain.transforms.RandomMap):
 
 
 @dataclasses.dataclass(frozen=True)
+class AugmentParams(grain.transforms.RandomMap):
+  """Augment's random draws without the warp: adds 'aug_matrix' float32 (2, 3) and 'aug_flip' bool
+  (2,) for the consumer's `augment_device.warp_batch` (make_loader(augment_on_device=True))."""
+  config: augment_lib.AugmentConfig
+
+  def random_map(self, record, rng: np.random.Generator):
+    out = dict(record)
+    out[augment_lib.MATRIX_KEY], out[augment_lib.FLIP_KEY] = augment_lib.transform_data(
+        self.config, record["image"].shape, rng)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
 class Finalize(grain.transforms.Map):
   """Preprocessing mode, int32 label, masks as (H, W, 1) uint8, only the requested keys kept.
 
@@ -188,6 +204,9 @@ class Finalize(grain.transforms.Map):
     else:
       image = preprocess(record["image"], self.mode)
     out = {"image": image, "label": np.int32(record["label"])}
+    for key in (augment_lib.MATRIX_KEY, augment_lib.FLIP_KEY):  # from AugmentParams, if it ran
+      if key in record:
+        out[key] = record[key]
     for key in self.extra_keys:
       value = record[key]
       if key in self.mask_keys:
@@ -230,7 +249,8 @@ def make_loader(source: Sequence[Any], *, batch_size: int, image_size: int | tup
                 shard_by_process: bool = True, extra_keys: Sequence[str] = (),
                 worker_buffer_size: int = 2,
                 read_options: grain.ReadOptions | None = None,
-                preprocess_on_device: bool = False) -> grain.DataLoader:
+                preprocess_on_device: bool = False,
+                augment_on_device: bool | str = False) -> grain.DataLoader:
   """A grain DataLoader yielding preprocessed batches.
 
   Args:
@@ -256,6 +276,13 @@ def make_loader(source: Sequence[Any], *, batch_size: int, image_size: int | tup
       `preprocess(batch['image'], preprocess_mode)` inside its jitted step (the train loop does).
       A grayscale image then crosses from a worker process as 1 byte per pixel instead of 12,
       which is what lets worker processes keep up (benchmarks/input_pipeline.py).
+    augment_on_device: True/'on': the workers draw the augmentation's random parameters (the same
+      draws as the host warp) but do not warp; each example carries 'aug_matrix' float32 (2, 3) and
+      'aug_flip' bool (2,), 'image' stays uint8 pixels, and the consumer applies
+      `augment_device.warp_batch` before the preprocessing (the train step does). Needs
+      preprocess_on_device, order-1 'nearest' augmentation (every preset) and no mask keys.
+      'auto': on when JAX's default backend is not the CPU and those hold. False/'off': the host
+      warps. No fields are added when the augmentation is 'none'.
 
   Returns:
     A grain.DataLoader; `iter(loader)` has get_state()/set_state(). Batches are dicts:
@@ -270,10 +297,11 @@ def make_loader(source: Sequence[Any], *, batch_size: int, image_size: int | tup
   if batch_size <= 0:
     raise ValueError(f"batch_size must be positive, got {batch_size}")
   config = augment_lib.get_config(augment)
-  if worker_count:
-    _ensure_absl_flags_parsed()
   extra_keys = tuple(extra_keys)
   mask_keys = tuple(k for k in extra_keys if k == "mask" or k.endswith("_mask"))
+  on_device = _augment_on_device(augment_on_device, config, preprocess_on_device, mask_keys)
+  if worker_count:
+    _ensure_absl_flags_parsed()
   size = _as_size(image_size)
   shard_options = (grain.sharding.ShardByJaxProcess(drop_remainder=drop_remainder)
                    if shard_by_process else grain.sharding.NoSharding())
@@ -288,12 +316,37 @@ def make_loader(source: Sequence[Any], *, batch_size: int, image_size: int | tup
                                           shuffle=shuffle, num_epochs=num_epochs, seed=seed)
   operations = [DecodeResize(size, resize, mask_keys)]
   if not config.is_identity:
-    operations.append(Augment(config, mask_keys))
+    operations.append(AugmentParams(config) if on_device else Augment(config, mask_keys))
   operations += [Finalize(preprocess_mode, extra_keys, mask_keys, preprocess_on_device),
                  grain.transforms.Batch(batch_size=batch_size, drop_remainder=drop_remainder)]
   return grain.DataLoader(data_source=source, sampler=sampler, operations=operations,
                           worker_count=worker_count, worker_buffer_size=worker_buffer_size,
                           shard_options=shard_options, read_options=read_options)
+
+
+def _augment_on_device(value, config: augment_lib.AugmentConfig, preprocess_on_device: bool,
+                       mask_keys: tuple[str, ...]) -> bool:
+  """Resolves make_loader's augment_on_device ('auto' | 'on' | 'off' | bool) to a bool."""
+  if isinstance(value, bool):
+    value = "on" if value else "off"
+  if value not in augment_lib.ON_DEVICE_MODES:
+    raise ValueError(f"augment_on_device={value!r} is not valid; expected one of "
+                     f"{', '.join(augment_lib.ON_DEVICE_MODES)} (or True/False).")
+  if value == "off" or config.is_identity:
+    return False
+  from radimagenet_jax.data import augment_device  # pylint: disable=g-import-not-at-top
+  if value == "auto":
+    import jax  # pylint: disable=g-import-not-at-top
+    return (jax.default_backend() != "cpu" and preprocess_on_device and not mask_keys
+            and augment_device.is_supported(config))
+  if not preprocess_on_device:
+    raise ValueError("augment_on_device='on' needs preprocess_on_device=True (the step warps, "
+                     "then preprocesses).")
+  if mask_keys:
+    raise ValueError(f"augment_on_device='on' does not transform masks {list(mask_keys)}; use "
+                     "augment_on_device='off' to warp them with the image on the host.")
+  augment_device.check_supported(config)
+  return True
 
 
 # ---- Orbax integration: the iterator state inside the training checkpoint -------------------------

@@ -17,7 +17,8 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Fields that may change when a run resumes (they do not change what is trained).
 RESUMABLE_CHANGES = ("progress_bar", "log_every", "eval_every", "eval_steps", "checkpoint_every",
                      "keep_checkpoints", "worker_count", "data_dir", "build_dataset",
-                     "eval_batch_size", "num_train_steps", "num_epochs", "compilation_cache_dir")
+                     "eval_batch_size", "num_train_steps", "num_epochs", "compilation_cache_dir",
+                     "augment_on_device")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -32,6 +33,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.image_size = 224
   c.preprocess = "radimagenet"         # radimagenet | caffe | imagenet | unit | tf
   c.augment = "none"                   # none | paper | paper_noflip
+  # auto | on | off: the jitted step warps (the workers ship pixels + transform parameters) instead
+  # of the worker processes; auto: on unless JAX's backend is the CPU (data/augment_device.py).
+  c.augment_on_device = "auto"
   c.worker_count = 0                   # grain worker processes (0: in the main process)
   # Model.
   c.model = "resnet50"
@@ -79,6 +83,7 @@ def validate(config, extra: Iterable[str] = (), *, device_count: int | None = No
                      f"{', '.join(sorted(allowed))}.")
   spec = registry.get_spec(config.model)  # raises listing the valid model names
   choices = {"preprocess": tuple(PREPROCESS_MODES), "augment": tuple(augment.PRESETS),
+             "augment_on_device": augment.ON_DEVICE_MODES,
              "dtype": tuple(DTYPES), "optimizer": optim.OPTIMIZERS, "schedule": optim.SCHEDULES}
   for key, valid in choices.items():
     if config[key] not in valid:

@@ -137,7 +137,8 @@ def fit(config, workdir: str, task: Task) -> dict[str, Any]:
                                 image_size=config.image_size, preprocess_mode=config.preprocess,
                                 augment=config.augment, shuffle=True, seed=config.seed,
                                 num_epochs=None, worker_count=config.worker_count,
-                                preprocess_on_device=True)
+                                preprocess_on_device=True,
+                                augment_on_device=config.augment_on_device)
   data_iter = iter(loader)
 
   # ---- Resume ----

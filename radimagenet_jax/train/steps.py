@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from radimagenet_jax import distributed
+from radimagenet_jax.data import augment_device
 from radimagenet_jax.data.preprocess import preprocess
 from radimagenet_jax.train.state import TrainState
 
@@ -47,8 +48,9 @@ def init_eval_metrics(num_classes: int):
 def _inputs(batch, preprocess_mode):
   """The network input: pixels preprocessed here, on the device (the loader ships uint8 /
   single-channel pixels, see pipeline.make_loader(preprocess_on_device=True)), or as they come
-  when preprocess_mode is None (already preprocessed)."""
-  images = batch["image"]
+  when preprocess_mode is None (already preprocessed). A batch that carries the augmentation's
+  transforms (make_loader(augment_on_device=True): 'aug_matrix', 'aug_flip') is warped first."""
+  images = augment_device.apply_from_batch(batch)
   return images if preprocess_mode is None else preprocess(images, preprocess_mode)
 
 
