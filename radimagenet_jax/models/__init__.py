@@ -11,7 +11,8 @@ from radimagenet_jax.models.capture import capture
 from radimagenet_jax.models.layers import KerasLayer, tap
 from radimagenet_jax.models.registry import (ModelSpec, create, get_spec, init_variables,
                                              keras_layers, merge_variables, names, register,
-                                             variables_only)
+                                             variable_shapes, variables_only)
 
 __all__ = ["KerasLayer", "ModelSpec", "capture", "create", "get_spec", "init_variables",
-           "keras_layers", "merge_variables", "names", "register", "tap", "variables_only"]
+           "keras_layers", "merge_variables", "names", "register", "tap", "variable_shapes",
+           "variables_only"]

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from radimagenet_jax.models.layers import FlaxLayers, KerasLayer, LayerTable, tap
+from radimagenet_jax.models.layers import KERNEL_INIT, FlaxLayers, KerasLayer, LayerTable, tap
 
 
 # name -> architecture class; filled by the @register decorator of each architecture module.
@@ -50,7 +50,8 @@ def classifier_head(module: nn.Module, features, num_classes: int, dropout_rate:
   if num_classes == 0:
     return x
   x = nn.Dropout(dropout_rate, deterministic=not train, name="dropout")(x)
-  x = nn.Dense(num_classes, dtype=dtype, name="predictions")(x)
+  x = nn.Dense(num_classes, dtype=dtype, kernel_init=KERNEL_INIT, bias_init=nn.initializers.zeros,
+               name="predictions")(x)
   return x.astype(jnp.float32)
 
 

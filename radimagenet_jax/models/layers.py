@@ -48,6 +48,11 @@ class KerasLayer:
     return bool(self.params)
 
 
+# Every convolution and Dense kernel's initialiser (Flax's default, declared: models.random_init
+# draws the same law on the host without compiling model.init).
+KERNEL_INIT = nn.initializers.lecun_normal()
+
+
 def tap(module: nn.Module, name: str, x):
   """Marks ``x`` as the output of Keras layer ``name`` (see module docstring).
 
@@ -105,7 +110,7 @@ class FlaxLayers:
   def conv(self, x, filters, kernel, *, name, strides=1, padding="valid", use_bias=True):
     y = nn.Conv(filters, _pair(kernel), strides=_pair(strides), padding=padding.upper(),
                 use_bias=use_bias, dtype=self.dtype, conv_general_dilated=conv_general_dilated,
-                name=name)(x)
+                kernel_init=KERNEL_INIT, bias_init=nn.initializers.zeros, name=name)(x)
     return self._tap(name, y)
 
   def bn(self, x, *, name):

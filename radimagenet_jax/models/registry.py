@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
+from radimagenet_jax.models import random_init
 from radimagenet_jax.models.base import _REGISTRY, register  # noqa: F401  (re-exported)
 from radimagenet_jax.models.layers import KerasLayer
 
@@ -75,10 +76,23 @@ def _jitted_init(model, size: int):
   return jax.jit(lambda r: model.init({"params": r, "dropout": r}, x, train=False))
 
 
+def variable_shapes(model, input_size: int | None = None) -> dict[str, Any]:
+  """{'params', 'batch_stats'} as ShapeDtypeStructs (traced only, nothing computed)."""
+  size = input_size or type(model).min_size
+  x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+  return variables_only(jax.eval_shape(
+      lambda r, x: model.init({"params": r, "dropout": r}, x, train=False), jax.random.key(0), x))
+
+
 def init_variables(model, rng=None, input_size: int | None = None):
-  """Random init (params + batch_stats) with a tiny batch."""
+  """Random init (params + batch_stats): drawn on the host from the shapes (``random_init``, no
+  compile) when every variable is of a declared kind, else the jitted ``model.init``."""
   size = input_size or type(model).min_size
   rng = jax.random.key(0) if rng is None else rng
+  if not isinstance(rng, jax.core.Tracer):
+    drawn = random_init.draw(variable_shapes(model, size), rng)
+    if drawn is not None:
+      return jax.tree.map(jnp.asarray, drawn)
   return variables_only(_jitted_init(model, size)(rng))
 
 
