@@ -54,3 +54,13 @@ def test_mode_selection(monkeypatch):
   monkeypatch.setenv(fast_ops.FAST_OPS_ENV, "fast")
   with pytest.raises(ValueError, match="RADIMAGENET_JAX_FAST_OPS='fast'.*auto, on, off"):
     fast_ops.enabled()
+
+
+def test_forced_overrides_the_environment(monkeypatch):
+  monkeypatch.setenv(fast_ops.FAST_OPS_ENV, "on")
+  with fast_ops.forced(False):
+    assert not fast_ops.enabled()
+    with fast_ops.forced(True):
+      assert fast_ops.enabled()
+    assert not fast_ops.enabled()
+  assert fast_ops.enabled()

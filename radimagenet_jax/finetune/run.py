@@ -13,10 +13,10 @@ The workdir afterwards (besides the engine's checkpoints/, best/, metrics.jsonl,
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
-import jax
 import ml_collections
 
 from radimagenet_jax import checkpoints, distributed, evaluate, models
@@ -63,11 +63,25 @@ def finetune(config, workdir: str) -> dict[str, Any]:
             for k in range(config.num_folds)}
   workdir = os.path.abspath(os.path.expanduser(workdir))
   config_lib.check_workdir_writable(workdir)
-  label, path = init_lib.resolve(config)
-  config = _with(config, preprocess=init_lib.preprocess_mode(config, label, path))
-  spec = models.get_spec(config.model)
+  prepared = prepare(config)
+  os.makedirs(workdir, exist_ok=True)
+  summary = loop.fit(prepared.config, workdir, prepared.task)
+  return finish(prepared, workdir, summary)
 
-  # ---- Data: a fold (test) + carved-out validation, or the builder's splits ----
+
+@dataclasses.dataclass
+class Prepared:
+  """A run ready for the engine: its config (preprocess resolved), data, task and run.json."""
+  config: Any
+  sets: dict
+  sources: dict
+  num_classes: int
+  task: loop.Task
+  run: dict
+
+
+def load_sets(config) -> tuple[dict, dict]:
+  """(sets, sources) of the run's fold (test) + carved-out validation, or the builder's splits."""
   data_dir = config.data_dir or None
   fold = None if config.fold == "none" else int(config.fold)
   if config.build_dataset:
@@ -75,15 +89,24 @@ def finetune(config, workdir: str) -> dict[str, Any]:
   sets = folds.fold_splits(config.dataset, data_dir, fold,
                            config.num_folds if fold is not None else None, config.val_fraction,
                            config.seed)
-  sources = folds.make_sources(sets, config.dataset, data_dir)
+  return sets, folds.make_sources(sets, config.dataset, data_dir)
+
+
+def prepare(config, data: tuple[dict, dict] | None = None) -> Prepared:
+  """Resolves the init and preprocessing, opens the data (or takes ``data`` = load_sets(config)),
+  loads the starting weights and builds the freeze mask: everything before training."""
+  label, path = init_lib.resolve(config)
+  config = _with(config, preprocess=init_lib.preprocess_mode(config, label, path))
+  spec = models.get_spec(config.model)
+  sets, sources = data if data is not None else load_sets(config)
   class_names = pipeline.class_names(sources["train"])
   num_classes = config.num_classes or len(class_names)
 
   # ---- Starting weights, freeze mask, frozen BatchNorm layers ----
   variables, init_info = init_lib.initial_variables(config, num_classes, label, path)
   if variables is None:  # random init: the mask needs the parameter shapes only (no compile)
-    params = jax.eval_shape(lambda: models.init_variables(
-        spec.module_cls(num_classes=num_classes), None, config.image_size))["params"]
+    params = models.variable_shapes(spec.module_cls(num_classes=num_classes),
+                                    config.image_size)["params"]
   else:
     params = variables["params"]
   mask = freeze.trainable_mask(spec.name, params, config.freeze)
@@ -104,10 +127,15 @@ def finetune(config, workdir: str) -> dict[str, Any]:
                              f"{counts['trainable_params']:,} of {counts['total_params']:,} "
                              f"parameters train ({counts['trainable_backbone_params']:,} in the "
                              f"backbone), preprocess {config.preprocess}"))
-  os.makedirs(workdir, exist_ok=True)
-  summary = loop.fit(config, workdir, task)
+  return Prepared(config, sets, sources, num_classes, task, run)
 
-  # ---- Test predictions with the best checkpoint ----
+
+def finish(prepared: Prepared, workdir: str, summary: dict) -> dict[str, Any]:
+  """After training: the test split predicted with `best`; writes predictions.csv, metrics.json,
+  splits.json and run.json (status done); returns run.json."""
+  config, sets, sources, run = prepared.config, prepared.sets, prepared.sources, prepared.run
+  class_names, num_classes = prepared.task.class_names, prepared.num_classes
+  spec = models.get_spec(config.model)
   mesh = distributed.make_mesh()
   best_dir = os.path.join(workdir, loop.BEST_SUBDIR)
   best_meta = checkpoints.read_metadata(best_dir)
@@ -116,7 +144,7 @@ def finetune(config, workdir: str) -> dict[str, Any]:
   labels, probs = evaluation.predict(config, model, best_vars, sources["test"], mesh)
   metrics = dict(evaluate.classification_metrics(labels, probs, list(class_names)), split="test",
                  best_step=best_meta["best"]["step"], best_epoch=best_meta["best"]["epoch"])
-  run.update(status="done", best_step=best_meta["best"]["step"],
+  run = dict(run, status="done", best_step=best_meta["best"]["step"],
              best_epoch=best_meta["best"]["epoch"], best_validation_loss=best_meta["best"]["loss"],
              final_validation_loss=summary["eval"]["loss"])
   if distributed.is_main_process():

@@ -243,8 +243,11 @@ def _one_line(e: BaseException) -> str:
 
 
 def run_sweep(sweep_settings: dict, workdir: str, runs: Sequence[RunSpec],
-              run_one: Callable[[RunSpec, str], None], *, write: bool = True,
-              log: Callable[[str], None] = print) -> list[dict]:
+              run_one: Callable[[RunSpec, str], None] | None, *, write: bool = True,
+              log: Callable[[str], None] = print,
+              chunks: Callable[[list[RunSpec]], list[list[RunSpec]]] | None = None,
+              run_chunk: Callable[[list[RunSpec], list[str]], list[BaseException | None]]
+              | None = None) -> list[dict]:
   """Runs ``runs`` (skipping finished ones) in ``workdir``; returns their results.csv rows.
 
   sweep_settings: IDENTITY_KEYS (dataset, models, scenarios as (freeze, lr) pairs, inits, folds)
@@ -255,6 +258,9 @@ def run_sweep(sweep_settings: dict, workdir: str, runs: Sequence[RunSpec],
   write: False on the non-main processes of a multi-host run (they run, the main process writes).
   A run that raises Exception is recorded as failed (failed.json, results.csv) and the sweep goes
   on; callers report failure with ``[r for r in rows if r["status"] == "failed"]``.
+  chunks, run_chunk: batched runs instead of run_one (`finetune.parallel`): the unfinished runs
+    are cut into chunks(runs), and run_chunk(chunk, run_dirs) trains each, returning per run None
+    (done) or the exception that failed it; every run is recorded as with run_one.
   """
   workdir = os.path.abspath(os.path.expanduser(os.fspath(workdir)))
   identity = sweep_identity(sweep_settings)
@@ -275,34 +281,66 @@ def run_sweep(sweep_settings: dict, workdir: str, runs: Sequence[RunSpec],
     os.makedirs(workdir, exist_ok=True)
     extra = {k: v for k, v in sweep_settings.items() if k not in IDENTITY_KEYS}
     write_json_atomic(sweep_file, {**identity, "settings": extra})
+  def begin(i: int, spec: RunSpec) -> str | None:
+    """The run's directory, ready to run; None when it is finished (skipped)."""
+    run_dir = os.path.join(workdir, "runs", spec.name)
+    if is_finished(run_dir):
+      log(f"[{i + 1}/{len(runs)}] {spec.name}: finished, skipped")
+      return None
+    os.makedirs(run_dir, exist_ok=True)
+    failed_file = os.path.join(run_dir, "failed.json")
+    if write:
+      write_json_atomic(os.path.join(run_dir, "spec.json"), spec.to_dict())
+      if os.path.exists(failed_file):
+        os.remove(failed_file)
+    log(f"[{i + 1}/{len(runs)}] {spec.name}: running in {run_dir}")
+    return run_dir
+
+  def record(i: int, spec: RunSpec, run_dir: str, error: BaseException | None) -> None:
+    where = f"[{i + 1}/{len(runs)}] {spec.name}"
+    if error is None and not is_finished(run_dir):
+      error = RuntimeError(f"the batched run finished but {run_dir} has no metrics.json and "
+                           "run.json with status 'done'")
+    if error is None:
+      log(f"{where}: done")
+    else:
+      log(f"{where}: FAILED: {_one_line(error)}")
+      if write:
+        write_json_atomic(os.path.join(run_dir, "failed.json"), {
+            "error": _one_line(error),
+            "traceback": "".join(traceback.format_exception(error))})
+
   try:
-    for i, spec in enumerate(runs):
-      run_dir = os.path.join(workdir, "runs", spec.name)
-      where = f"[{i + 1}/{len(runs)}] {spec.name}"
-      if is_finished(run_dir):
-        log(f"{where}: finished, skipped")
-        continue
-      os.makedirs(run_dir, exist_ok=True)
-      failed_file = os.path.join(run_dir, "failed.json")
-      if write:
-        write_json_atomic(os.path.join(run_dir, "spec.json"), spec.to_dict())
-        if os.path.exists(failed_file):
-          os.remove(failed_file)
-      log(f"{where}: running in {run_dir}")
-      try:
-        run_one(spec, run_dir)
-        if not is_finished(run_dir):
-          raise RuntimeError(f"run_one returned but {run_dir} has no metrics.json and run.json "
-                             "with status 'done'")
-      except Exception as e:  # pylint: disable=broad-except
-        log(f"{where}: FAILED: {_one_line(e)}")
+    if run_chunk is None:
+      for i, spec in enumerate(runs):
+        run_dir = begin(i, spec)
+        if run_dir is None:
+          continue
+        try:
+          run_one(spec, run_dir)
+          if not is_finished(run_dir):
+            raise RuntimeError(f"run_one returned but {run_dir} has no metrics.json and run.json "
+                               "with status 'done'")
+          error = None
+        except Exception as e:  # pylint: disable=broad-except
+          error = e
+        record(i, spec, run_dir, error)
         if write:
-          write_json_atomic(failed_file, {"error": _one_line(e),
-                                          "traceback": traceback.format_exc()})
-      else:
-        log(f"{where}: done")
-      if write:
-        write_results(workdir)
+          write_results(workdir)
+    else:
+      order = {spec.name: i for i, spec in enumerate(runs)}
+      pending = {}
+      for i, spec in enumerate(runs):
+        run_dir = begin(i, spec)
+        if run_dir is not None:
+          pending[spec.name] = run_dir
+      for group in chunks([spec for spec in runs if spec.name in pending]):
+        log(f"batched: {len(group)} run(s) in one step: {', '.join(s.name for s in group)}")
+        errors = run_chunk(group, [pending[s.name] for s in group])
+        for spec, error in zip(group, errors):
+          record(order[spec.name], spec, pending[spec.name], error)
+        if write:
+          write_results(workdir)
   finally:
     rows = write_results(workdir) if write and os.path.isdir(workdir) else collect(workdir)
   names = {r.name for r in runs}

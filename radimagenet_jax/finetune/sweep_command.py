@@ -8,13 +8,15 @@ compared in order, candidate first (`sweep_inits`, e.g. `radimagenet,imagenet`, 
 `config.inits` or `random`) and the folds (`sweep_folds`: all | none | 0,1,...). Every run gets the
 sweep's config with its model, init, freeze mode, learning rate and fold set, in
 `<workdir>/runs/<name>/`; see `finetune.sweep` for resume, shards and results.csv.
+`--config.parallel_runs=K` (K > 1) trains up to K runs of one architecture, input size and fold
+in one compiled step (`finetune.parallel`), with the same per-run results.
 """
 from __future__ import annotations
 
 import ml_collections
 
 from radimagenet_jax import distributed
-from radimagenet_jax.finetune import run as run_lib
+from radimagenet_jax.finetune import parallel, run as run_lib
 from radimagenet_jax.finetune import sweep
 
 
@@ -56,12 +58,17 @@ def run_config(config, spec: sweep.RunSpec) -> ml_collections.ConfigDict:
 def run(config, workdir: str) -> int:
   """Runs this shard of the sweep; returns the number of failed runs."""
   settings, runs = plan(config)
+  k = parallel.check_parallel_runs(config.parallel_runs)
   for spec in runs:  # every run's config is valid before the first one trains
     run_lib.validate_config(run_config(config, spec))
   distributed.initialize()
+  batched = {} if k == 1 else {  # K runs of one architecture per compiled step (finetune.parallel)
+      "chunks": lambda specs: parallel.plan(specs, lambda s: run_config(config, s), k),
+      "run_chunk": lambda specs, dirs: parallel.run_chunk(specs, dirs,
+                                                          lambda s: run_config(config, s))}
   rows = sweep.run_sweep(settings, workdir, runs,
                          lambda spec, run_dir: run_lib.finetune(run_config(config, spec), run_dir),
-                         write=distributed.is_main_process())
+                         write=distributed.is_main_process(), **batched)
   failed = [r for r in rows if r["status"] == "failed"]
   if distributed.is_main_process():
     print(f"sweep: {len(rows) - len(failed)} of {len(rows)} run(s) of this shard done"

@@ -8,6 +8,10 @@ import jax
 import jax.numpy as jnp
 
 BATCH_STATS = "batch_stats"
+# Optional read-only collection {layer: {"frozen": bool scalar}}: frozen BatchNorm as data rather
+# than as the static `frozen_bn` field, so that runs with different freeze modes share one compiled
+# step (train/batched.py vmaps over it). Absent (the normal case): nothing changes.
+BN_FROZEN = "bn_frozen"
 
 
 def bn_uses_running_average(module: nn.Module, name: str, train: bool) -> bool:
@@ -50,8 +54,15 @@ class KerasBatchNorm(nn.Module):
       axes = tuple(range(x.ndim - 1))
       mean, var = jnp.mean(x32, axes), jnp.var(x32, axes)
       if not self.is_initializing():
-        ra_mean.value = ra_mean.value * self.momentum + mean * (1.0 - self.momentum)
-        ra_var.value = ra_var.value * self.momentum + var * (1.0 - self.momentum)
+        new_mean = ra_mean.value * self.momentum + mean * (1.0 - self.momentum)
+        new_var = ra_var.value * self.momentum + var * (1.0 - self.momentum)
+        if self.has_variable(BN_FROZEN, "frozen"):
+          # Frozen as data: the running statistics are used and kept where the flag is set.
+          frozen = self.get_variable(BN_FROZEN, "frozen")
+          mean, var = jnp.where(frozen, ra_mean.value, mean), jnp.where(frozen, ra_var.value, var)
+          new_mean = jnp.where(frozen, ra_mean.value, new_mean)
+          new_var = jnp.where(frozen, ra_var.value, new_var)
+        ra_mean.value, ra_var.value = new_mean, new_var
     inv = jax.lax.rsqrt(var + self.epsilon)
     if scale is not None:
       inv = inv * scale

@@ -14,6 +14,8 @@ add GEMM autotuning to the compile. ``enabled()`` decides, at trace time: the en
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import os
 
@@ -23,10 +25,24 @@ import jax.numpy as jnp
 
 FAST_OPS_ENV = "RADIMAGENET_JAX_FAST_OPS"
 _CHOICES = ("auto", "on", "off")
+_FORCED: contextvars.ContextVar = contextvars.ContextVar("radimagenet_jax_fast_ops", default=None)
+
+
+@contextlib.contextmanager
+def forced(on: bool):
+  """Within the block (this thread / context only), trace with the fast ops ``on`` or off,
+  whatever the environment says."""
+  token = _FORCED.set(bool(on))
+  try:
+    yield
+  finally:
+    _FORCED.reset(token)
 
 
 def enabled() -> bool:
   """Whether the CPU formulations are used (read at trace time; see the module docstring)."""
+  if _FORCED.get() is not None:
+    return _FORCED.get()
   value = os.environ.get(FAST_OPS_ENV, "auto").strip().lower() or "auto"
   if value not in _CHOICES:
     raise ValueError(f"{FAST_OPS_ENV}={value!r}: expected one of {', '.join(_CHOICES)}")

@@ -170,12 +170,7 @@ def fit(config, workdir: str, task: Task) -> dict[str, Any]:
 
   def save(step, force=False):
     if not bool(jax.device_get(steps.all_finite(state.params))):
-      last = mngr.latest_step()
-      raise NonFiniteLossError(
-          f"the parameters became NaN/Inf by step {step}; no checkpoint written. "
-          + (f"The last good checkpoint is step {last} in {workdir}/checkpoints. " if last
-             is not None else "There is no good checkpoint. ")
-          + f"Lower config.learning_rate (now {config.learning_rate}) or check the input data.")
+      raise params_error(step, mngr.latest_step(), workdir, config.learning_rate)
     ckpt_lib.save(mngr, step, variables=inference_variables(step), train_state=state.train_part(),
                   data_iter=data_iter, metadata=dict(metadata, step=step), force=force)
 
@@ -225,12 +220,8 @@ def fit(config, workdir: str, task: Task) -> dict[str, Any]:
         if is_last or do_ckpt or step % config.log_every == 0:
           m = steps.summarize(acc)
           if m["first_bad_step"] is not None:
-            last = mngr.latest_step()
-            raise NonFiniteLossError(
-                f"training loss is NaN/Inf at step {m['first_bad_step']}; stopped. "
-                + (f"The last good checkpoint (step {last}) in {workdir}/checkpoints is kept. "
-                   if last is not None else "There is no good checkpoint. ")
-                + f"Lower config.learning_rate (now {config.learning_rate}) or check the data.")
+            raise loss_error(m["first_bad_step"], mngr.latest_step(), workdir,
+                             config.learning_rate)
           acc = jax.device_put(steps.init_train_metrics(), distributed.replicated(mesh))
           rate = throughput.rate()
           writer.write(step, "train", {
@@ -261,6 +252,29 @@ def fit(config, workdir: str, task: Task) -> dict[str, Any]:
     write_json(os.path.join(workdir, "summary.json"), summary)
     summary_lib.print_summary(summary)
   return summary
+
+
+def params_error(step: int, last: int | None, workdir: str, lr) -> NonFiniteLossError:
+  """The error of a run whose parameters are non-finite at a checkpoint (``last``: latest step)."""
+  return NonFiniteLossError(
+      f"the parameters became NaN/Inf by step {step}; no checkpoint written. "
+      + (f"The last good checkpoint is step {last} in {workdir}/checkpoints. " if last
+         is not None else "There is no good checkpoint. ")
+      + f"Lower config.learning_rate (now {lr}) or check the input data.")
+
+
+def loss_error(step: int, last: int | None, workdir: str, lr) -> NonFiniteLossError:
+  """The error of a run whose training loss became non-finite at ``step``."""
+  return NonFiniteLossError(
+      f"training loss is NaN/Inf at step {step}; stopped. "
+      + (f"The last good checkpoint (step {last}) in {workdir}/checkpoints is kept. "
+         if last is not None else "There is no good checkpoint. ")
+      + f"Lower config.learning_rate (now {lr}) or check the data.")
+
+
+def read_best(workdir: str) -> dict | None:
+  """The `best` record (loss, step, epoch) of ``<workdir>/best``, or None."""
+  return _read_best(workdir)
 
 
 def _read_best(workdir: str) -> dict | None:
