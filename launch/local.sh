@@ -59,15 +59,15 @@ while ((${#running[@]} > 0)); do
         break
       fi
     done
-    [[ -z "$finished" ]] && continue
+    [[ -z "${finished:-}" ]] && continue
   fi
   still=()
-  for pid in "${running[@]}"; do [[ "$pid" != "$finished" ]] && still+=("$pid"); done
+  for pid in "${running[@]}"; do [[ "$pid" != "${finished:-}" ]] && still+=("$pid"); done
   running=("${still[@]}")
   if [[ $rc -ne 0 ]]; then
     [[ $status -eq 0 ]] && status=$rc
     for ((i = 0; i < num_processes; i++)); do
-      if [[ "${pids[$i]}" == "$finished" ]]; then
+      if [[ "${pids[$i]}" == "${finished:-}" ]]; then
         echo "process $i exited with status $rc (log: $log_dir/process_$i.log)" >&2
       fi
     done
