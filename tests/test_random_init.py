@@ -89,3 +89,33 @@ def test_a_parameter_does_not_depend_on_which_others_exist():
   assert "predictions" in b["params"] and "predictions" not in a["params"]
   for path, leaf in _by_path(a["params"]).items():
     np.testing.assert_array_equal(leaf, _by_path(b["params"])[path], err_msg=path)
+
+
+@pytest.mark.parametrize("shape", [(3, 3, 16, 32), (1, 1, 64, 8), (2048, 5)])
+def test_glorot_limit_is_keras_and_flax_glorot_uniform(shape):
+  key = jax.random.key(3)
+  flax_values = nn.initializers.glorot_uniform()(key, shape, jnp.float32)
+  ours = jax.random.uniform(key, shape, jnp.float32, -1.0) * random_init.glorot_limit(shape)
+  np.testing.assert_allclose(ours, flax_values, rtol=1e-6, atol=1e-7)
+
+
+def test_glorot_law_through_the_train_state_and_the_config():
+  import types
+  from radimagenet_jax.train import config as config_lib, optim, state as state_lib
+  model = registry.get_spec("resnet50").module_cls(num_classes=2)
+  cfg = types.SimpleNamespace(optimizer="sgd", learning_rate=0.1, momentum=0.9, adam_epsilon=1e-7,
+                              weight_decay=0.0, schedule="constant")
+  tx = optim.create_optimizer(cfg, optim.create_learning_rate_fn(cfg, 10, 0))
+  state = state_lib.create(model, tx, 0, 32, init_law="glorot_uniform")
+  for name in ("conv1_conv", "conv4_block1_2_conv", "predictions"):
+    kernel = np.asarray(state.params[name]["kernel"])
+    limit = random_init.glorot_limit(kernel.shape)
+    assert np.abs(kernel).max() <= limit
+    if kernel.size >= 8192:   # uniform: std = limit / sqrt(3)
+      np.testing.assert_allclose(kernel.std(), limit / np.sqrt(3), rtol=0.05, err_msg=name)
+  c = config_lib.base_config()
+  c.init_law = "he_normal"
+  with pytest.raises(ValueError, match="init_law"):
+    config_lib.validate(c)
+  with pytest.raises(ValueError, match="init law 'he_normal': expected one of lecun_normal, glorot"):
+    models.init_variables(model, jax.random.key(0), 32, law="he_normal")

@@ -30,6 +30,9 @@ import numpy as np
 from radimagenet_jax.models.batchnorm import BATCH_STATS
 
 TRUNCATED_NORMAL_STD = 0.87962566103423978   # std of a unit normal truncated to [-2, 2]
+# The kernel laws: KERNEL_INIT's (Flax's default, this project's) and Keras's layer default, the
+# original's for training from scratch (`config.init_law`).
+LAWS = ("lecun_normal", "glorot_uniform")
 _CONSTANT = {("params", "bias"): 0.0, ("params", "scale"): 1.0,
              (BATCH_STATS, "mean"): 0.0, (BATCH_STATS, "var"): 1.0}
 
@@ -38,6 +41,21 @@ def kernel_std(shape) -> float:
   """The scale ``KERNEL_INIT`` (lecun_normal) multiplies a [-2, 2]-truncated unit normal by:
   sqrt(1 / fan_in) / TRUNCATED_NORMAL_STD, fan_in = prod(shape[:-1]) (HWIO or (in, out))."""
   return math.sqrt(1.0 / math.prod(shape[:-1])) / TRUNCATED_NORMAL_STD
+
+
+def glorot_limit(shape) -> float:
+  """Keras's (and Flax's) glorot_uniform bound sqrt(6 / (fan_in + fan_out)): fan_in =
+  prod(shape[:-1]), fan_out = prod(shape[:-2]) * shape[-1] (HWIO or (in, out))."""
+  receptive = math.prod(shape[:-2])
+  return math.sqrt(6.0 / (receptive * shape[-2] + receptive * shape[-1]))
+
+
+def _kernel(rng: np.random.Generator, shape, law: str) -> np.ndarray:
+  if law == "glorot_uniform":
+    limit = glorot_limit(shape)
+    return rng.uniform(-limit, limit, math.prod(shape)).astype(np.float32).reshape(shape)
+  return (_truncated_normal(rng, math.prod(shape)).reshape(shape)
+          * np.float32(kernel_std(shape)))
 
 
 def _truncated_normal(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -57,9 +75,12 @@ def host_generator(key, path: str = "") -> np.random.Generator:
       np.asarray(data).ravel().tolist(), spawn_key=(zlib.crc32(path.encode()),)))
 
 
-def draw(abstract: dict[str, Any], key) -> dict[str, Any] | None:
+def draw(abstract: dict[str, Any], key, law: str = "lecun_normal") -> dict[str, Any] | None:
   """numpy variables shaped like ``abstract`` ({'params', 'batch_stats'} of ShapeDtypeStructs),
-  or None when a leaf is not one of the declared kinds (kernel, bias, scale, mean, var)."""
+  kernels from ``law`` (one of LAWS), or None when a leaf is not one of the declared kinds
+  (kernel, bias, scale, mean, var)."""
+  if law not in LAWS:
+    raise ValueError(f"init law {law!r}: expected one of {', '.join(LAWS)}")
   leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract)
   kinds = []
   for path, leaf in leaves:
@@ -73,6 +94,5 @@ def draw(abstract: dict[str, Any], key) -> dict[str, Any] | None:
       out.append(np.full(leaf.shape, _CONSTANT[kind], leaf.dtype))
       continue
     rng = host_generator(key, jax.tree_util.keystr(path))
-    values = _truncated_normal(rng, math.prod(leaf.shape)).reshape(leaf.shape)
-    out.append((values * np.float32(kernel_std(leaf.shape))).astype(leaf.dtype))
+    out.append(_kernel(rng, leaf.shape, law).astype(leaf.dtype))
   return jax.tree_util.tree_unflatten(treedef, out)

@@ -84,15 +84,19 @@ def variable_shapes(model, input_size: int | None = None) -> dict[str, Any]:
       lambda r, x: model.init({"params": r, "dropout": r}, x, train=False), jax.random.key(0), x))
 
 
-def init_variables(model, rng=None, input_size: int | None = None):
+def init_variables(model, rng=None, input_size: int | None = None, law: str = "lecun_normal"):
   """Random init (params + batch_stats): drawn on the host from the shapes (``random_init``, no
-  compile) when every variable is of a declared kind, else the jitted ``model.init``."""
+  compile) when every variable is of a declared kind, else the jitted ``model.init``. ``law``:
+  the kernels' law, ``random_init.LAWS`` ('glorot_uniform': Keras's layer default)."""
   size = input_size or type(model).min_size
   rng = jax.random.key(0) if rng is None else rng
   if not isinstance(rng, jax.core.Tracer):
-    drawn = random_init.draw(variable_shapes(model, size), rng)
+    drawn = random_init.draw(variable_shapes(model, size), rng, law)
     if drawn is not None:
       return jax.tree.map(jnp.asarray, drawn)
+  if law != random_init.LAWS[0]:
+    raise ValueError(f"init law {law!r} needs variables of the declared kinds (kernel, bias, scale, "
+                     f"mean, var); {type(model).__name__} has others: use law='{random_init.LAWS[0]}'")
   return variables_only(_jitted_init(model, size)(rng))
 
 

@@ -99,7 +99,8 @@ def fit_runs(configs: Sequence[Any], workdirs: Sequence[str], tasks: Sequence[lo
   model = loop.create_model(config, num_classes)
   full_tx = batched.optimizer(config, config.learning_rate, total_steps, warmup)
   per_run = [state_lib.create(model, full_tx, config.seed, config.image_size, rep,
-                              variables=r.task.variables) for r in runs]
+                              variables=r.task.variables, init_law=config.init_law)
+             for r in runs]
   data = batched.runs_data([r.task.trainable for r in runs],
                            [r.config.learning_rate for r in runs], per_run[0].batch_stats,
                            [r.task.frozen_bn for r in runs])

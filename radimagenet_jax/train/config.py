@@ -18,7 +18,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 RESUMABLE_CHANGES = ("progress_bar", "log_every", "eval_every", "eval_steps", "checkpoint_every",
                      "keep_checkpoints", "worker_count", "data_dir", "build_dataset",
                      "eval_batch_size", "num_train_steps", "num_epochs", "compilation_cache_dir",
-                     "augment_on_device")
+                     "augment_on_device", "init_law")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -41,6 +41,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = "resnet50"
   c.num_classes = 0                    # 0: from the dataset's label feature
   c.dropout_rate = 0.5
+  # Random init (training from scratch): lecun_normal kernels (Flax's default) or glorot_uniform
+  # (Keras's layer default, the original's). Only a fresh start reads it, so it may change on resume.
+  c.init_law = "lecun_normal"
   c.dtype = "float32"                  # compute dtype: float32 | bfloat16 (params stay float32)
   # Evaluate/checkpoint BatchNorm running statistics with the weight of their initial values
   # (0.99**step) divided out; matters for short runs from scratch only (train/state.py).
@@ -73,7 +76,7 @@ def base_config() -> ml_collections.ConfigDict:
 def validate(config, extra: Iterable[str] = (), *, device_count: int | None = None) -> None:
   """Checks keys, choices and sizes up front, so a typo fails before any compile or write."""
   from radimagenet_jax.data import PREPROCESS_MODES, augment
-  from radimagenet_jax.models import registry
+  from radimagenet_jax.models import random_init, registry
   from radimagenet_jax.train import optim
   allowed = set(base_config().keys()) | set(extra)
   keys = set(config.keys())
@@ -83,7 +86,7 @@ def validate(config, extra: Iterable[str] = (), *, device_count: int | None = No
                      f"{', '.join(sorted(allowed))}.")
   spec = registry.get_spec(config.model)  # raises listing the valid model names
   choices = {"preprocess": tuple(PREPROCESS_MODES), "augment": tuple(augment.PRESETS),
-             "augment_on_device": augment.ON_DEVICE_MODES,
+             "augment_on_device": augment.ON_DEVICE_MODES, "init_law": random_init.LAWS,
              "dtype": tuple(DTYPES), "optimizer": optim.OPTIMIZERS, "schedule": optim.SCHEDULES}
   for key, valid in choices.items():
     if config[key] not in valid:

@@ -130,7 +130,8 @@ def fit(config, workdir: str, task: Task) -> dict[str, Any]:
   lr_fn = optim.create_learning_rate_fn(config, total_steps, warmup)
   tx = optim.freeze(optim.create_optimizer(config, lr_fn), task.trainable)
   state = state_lib.create(model, tx, config.seed, config.image_size,
-                           distributed.replicated(mesh), variables=task.variables)
+                           distributed.replicated(mesh), variables=task.variables,
+                           init_law=config.init_law)
   train_fn = steps.compile_train_step(model, tx, mesh, config.preprocess, task.trainable)
   eval_fn = steps.compile_eval_step(model, mesh, config.preprocess)
   loader = pipeline.make_loader(task.train_source, batch_size=local_bs,

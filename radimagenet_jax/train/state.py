@@ -59,17 +59,18 @@ def bn_bias_corrected(batch_stats, step: int, momentum: float = 0.99):
 
 
 def create(model, tx: optax.GradientTransformation, seed: int, image_size: int,
-           sharding=None, variables=None) -> TrainState:
+           sharding=None, variables=None, init_law: str = "lecun_normal") -> TrainState:
   """The initial train state, placed with ``sharding`` (replicated on the mesh in training)
   directly by the jitted init, never via host copies.
 
   ``variables``: starting {'params', 'batch_stats'} (fine-tuning: loaded weights with a fresh
-  head); None initialises them randomly from ``seed`` (pretraining).
+  head); None initialises them randomly from ``seed`` (pretraining), the kernels from
+  ``init_law`` (``models.random_init.LAWS``).
   """
   init_key, dropout_key = jax.random.split(jax.random.PRNGKey(seed))
 
   if variables is None:
-    variables = models.init_variables(model, init_key, image_size)
+    variables = models.init_variables(model, init_key, image_size, law=init_law)
 
   def init(given):
     params = given["params"]
