@@ -46,7 +46,7 @@ def _run(cmd, timeout, env=None, log=None):
     return None, f"not done in {timeout} s"
   lines = out.splitlines()
   for line in lines:
-    if line.startswith(("RESULT", "ours", "peer", "random init")):
+    if line.startswith(("RESULT", "ours", "peer")):
       print("   ", line, flush=True)
   result = [l.split()[1:] for l in lines if l.startswith("RESULT")]
   if proc.returncode or not result:
@@ -70,8 +70,6 @@ def ours(model, args, dtype="bfloat16", env=None, cache=""):
   cmd = [sys.executable, os.path.join(HERE, "train_throughput.py"), "--model", model,
          "--batch", str(args.batch), "--image_size", str(SIZES.get(model, 224)),
          "--steps", str(args.steps), "--dtype", dtype] + (["--cache", cache] if cache else [])
-  if args.host_init_check:
-    cmd.append("--host_init_check")
   log = None
   if args.xla_log_dir and model in args.xla_log_models.split(",") and not cache:
     # XLA's per-pass compile times (autotuning, fusion, LLVM / ptxas) for the slow compiles.
@@ -106,8 +104,6 @@ def main(argv=None):
   p.add_argument("--torch", default="eager,compile", help="'', eager, compile or both")
   p.add_argument("--compile_models", default="", help="torch.compile only these (default all)")
   p.add_argument("--torch_python", default=sys.executable)
-  p.add_argument("--host_init_check", action="store_true",
-                 help="ours: also time the random init compiled for the host CPU")
   p.add_argument("--no_ours", dest="ours", action="store_false", help="PyTorch columns only")
   p.add_argument("--float32", action="store_true", help="also ResNet50 in float32 (both)")
   p.add_argument("--cache_check", action="store_true",

@@ -57,8 +57,6 @@ def main(argv=None):
                  help="keras peer: jit_compile (XLA) setting")
   p.add_argument("--cache", default="",
                  help="persistent compilation cache directory (default: off, a cold compile)")
-  p.add_argument("--host_init_check", action="store_true",
-                 help="also time the random init compiled for the host CPU backend")
   args = p.parse_args(argv)
   if args.cache:
     distributed.enable_compilation_cache(args.cache)
@@ -77,14 +75,6 @@ def main(argv=None):
   state = state_lib.create(model, tx, 0, args.image_size, distributed.replicated(mesh))
   jax.block_until_ready(state)
   args.init_s = time.perf_counter() - t0
-  if args.host_init_check and jax.default_backend() != "cpu":
-    from radimagenet_jax import models
-    t0 = time.perf_counter()
-    with jax.default_device(jax.devices("cpu")[0]):
-      jax.block_until_ready(models.init_variables(model, jax.random.key(0), args.image_size))
-    print(f"random init compiled + run on the host CPU backend instead: "
-          f"{time.perf_counter() - t0:.1f} s (the device's: {args.init_s:.1f} s, optimizer "
-          f"state included)", flush=True)
   metrics = jax.device_put(steps.init_train_metrics(), distributed.replicated(mesh))
   step_fn = steps.compile_train_step(model, tx, mesh)
   rng = np.random.default_rng(0)

@@ -189,14 +189,8 @@ def train_step(states, metrics, bad_step, batch, data: RunsData, *, model, confi
                               batch_stats=pick(batch_stats, state.batch_stats),
                               opt_state=pick(opt_state, state.opt_state))
     bad = jnp.where((bad == NO_BAD_STEP) & ~finite, state.step + 1, bad)
-    n = labels.shape[0]
-    step_bad = jnp.where(finite, NO_BAD_STEP, state.step + 1)
-    metrics = {"loss_sum": metrics["loss_sum"] + loss * n,
-               "correct1": metrics["correct1"] + steps._correct(logits, labels, 1).sum(),  # pylint: disable=protected-access
-               "correct5": metrics["correct5"] + steps._correct(logits, labels, 5).sum(),  # pylint: disable=protected-access
-               "count": metrics["count"] + n, "steps": metrics["steps"] + 1,
-               "first_bad_step": jnp.minimum(metrics["first_bad_step"], step_bad)}
-    return new_state, metrics, bad
+    return (new_state, steps.add_train_metrics(metrics, loss, logits, labels, finite, state.step),
+            bad)
 
   return jax.vmap(one, in_axes=(0, 0, 0, 0, 0, 0, image_axis))(
       states, metrics, bad_step, data.trainable, data.lr, data.bn_frozen, images)

@@ -53,9 +53,8 @@ class _Run:
     self.index, self.config, self.task = index, config, task
     self.workdir = os.path.abspath(os.path.expanduser(workdir))
     self.ident = loop.identity(config, num_classes)
-    self.metadata = dict(self.ident, dataset=config.dataset, class_names=list(task.class_names),
-                         preprocess=config.preprocess, **task.metadata)
-    self.correct_bn = bool(config.bn_bias_correction and task.variables is None)
+    self.metadata = loop.run_metadata(config, self.ident, task)
+    self.correct_bn = loop.corrects_bn(config, task)
     self.mngr = self.writer = None
     self.best = None
     self.error: BaseException | None = None
@@ -172,7 +171,7 @@ def fit_runs(configs: Sequence[Any], workdirs: Sequence[str], tasks: Sequence[lo
       try:
         mine = batched.take(states, r.index)
         train_part = dict(mine.train_part(), opt_state=batched.to_alone_opt_state(
-            mine.opt_state, alone_txs[r.index].init(mine.params)))
+            mine.opt_state, jax.eval_shape(alone_txs[r.index].init, mine.params)))
         ckpt_lib.save(r.mngr, step, variables=batched.take(variables, r.index),
                       train_state=train_part, data_iter=data_iter,
                       metadata=dict(r.metadata, step=step), force=force)
@@ -200,11 +199,8 @@ def fit_runs(configs: Sequence[Any], workdirs: Sequence[str], tasks: Sequence[lo
           r.best is None or (ev["loss"] < r.best["loss"] and step > r.best["step"])):
         r.best = {"loss": float(ev["loss"]), "step": int(step), "epoch": step / steps_per_epoch}
         try:
-          ckpt_lib.save_variables(os.path.join(r.workdir, loop.BEST_SUBDIR),
-                                  batched.take(variables, r.index),
-                                  model_name=r.ident["model_name"], num_classes=num_classes,
-                                  step=step, keep=1, extra_metadata=dict(
-                                      r.metadata, best=r.best, image_size=r.ident["image_size"]))
+          loop.save_best(r.workdir, batched.take(variables, r.index), r.ident, num_classes,
+                         r.metadata, r.best)
         except Exception as e:  # pylint: disable=broad-except
           fail(r, e)
     return results

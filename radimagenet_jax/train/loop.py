@@ -148,7 +148,7 @@ def fit(config, workdir: str, task: Task) -> dict[str, Any]:
                                              train_state=state.train_part(), data_iter=data_iter)
     state = state.replace_from(variables, train_part)
   start = int(jax.device_get(state.step))
-  best = _read_best(workdir) if task.select_best else None
+  best = read_best(workdir) if task.select_best else None
 
   writer = writers.MetricWriter(workdir, enabled=main)
   progress = writers.Progress(total_steps, start, enabled=main, bar=config.progress_bar)
@@ -158,10 +158,8 @@ def fit(config, workdir: str, task: Task) -> dict[str, Any]:
                  f"{jax.device_count()} device(s) / {jax.process_count()} process(es), steps "
                  f"{start} -> {total_steps}" + (" (resumed)" if start else "")
                  + (f"; {task.describe}" if task.describe else ""))
-  metadata = dict(ident, dataset=config.dataset, class_names=list(task.class_names),
-                  preprocess=config.preprocess, **task.metadata)
-  # Raw running statistics are only biased towards their initial values when they started there.
-  correct_bn = config.bn_bias_correction and task.variables is None
+  metadata = run_metadata(config, ident, task)
+  correct_bn = corrects_bn(config, task)
 
   def inference_variables(step):
     if not correct_bn:
@@ -189,10 +187,7 @@ def fit(config, workdir: str, task: Task) -> dict[str, Any]:
       return
     if best is None or ev["loss"] < best["loss"]:
       best = {"loss": float(ev["loss"]), "step": int(step), "epoch": step / steps_per_epoch}
-      ckpt_lib.save_variables(os.path.join(workdir, BEST_SUBDIR), inference_variables(step),
-                              model_name=ident["model_name"], num_classes=num_classes, step=step,
-                              keep=1, extra_metadata=dict(metadata, best=best,
-                                                          image_size=ident["image_size"]))
+      save_best(workdir, inference_variables(step), ident, num_classes, metadata, best)
 
   # ---- Loop ----
   acc = jax.device_put(steps.init_train_metrics(), distributed.replicated(mesh))
@@ -273,12 +268,28 @@ def loss_error(step: int, last: int | None, workdir: str, lr) -> NonFiniteLossEr
       + f"Lower config.learning_rate (now {lr}) or check the data.")
 
 
+def run_metadata(config, ident: dict, task: Task) -> dict:
+  """What a run's checkpoints carry besides the step: identity, data set, classes, preprocessing."""
+  return dict(ident, dataset=config.dataset, class_names=list(task.class_names),
+              preprocess=config.preprocess, **task.metadata)
+
+
+def corrects_bn(config, task: Task) -> bool:
+  """Raw running statistics are only biased towards their initial values when they started there."""
+  return bool(config.bn_bias_correction and task.variables is None)
+
+
+def save_best(workdir: str, variables, ident: dict, num_classes: int, metadata: dict,
+              best: dict) -> None:
+  """Writes ``variables`` as ``<workdir>/best`` with the ``best`` record (loss, step, epoch)."""
+  ckpt_lib.save_variables(os.path.join(workdir, BEST_SUBDIR), variables,
+                          model_name=ident["model_name"], num_classes=num_classes,
+                          step=best["step"], keep=1,
+                          extra_metadata=dict(metadata, best=best, image_size=ident["image_size"]))
+
+
 def read_best(workdir: str) -> dict | None:
   """The `best` record (loss, step, epoch) of ``<workdir>/best``, or None."""
-  return _read_best(workdir)
-
-
-def _read_best(workdir: str) -> dict | None:
   path = os.path.join(workdir, BEST_SUBDIR)
   if ckpt_lib.latest_step(path) is None:
     return None

@@ -80,14 +80,19 @@ def train_step(state: TrainState, metrics, batch, *, model, tx, preprocess_mode=
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                             batch_stats=batch_stats, opt_state=opt_state)
-  labels, n = batch["label"], batch["label"].shape[0]
-  bad = jnp.where(jnp.isfinite(loss), NO_BAD_STEP, state.step + 1)   # 1-based step number
-  metrics = {"loss_sum": metrics["loss_sum"] + loss * n,
-             "correct1": metrics["correct1"] + _correct(logits, labels, 1).sum(),
-             "correct5": metrics["correct5"] + _correct(logits, labels, 5).sum(),
-             "count": metrics["count"] + n, "steps": metrics["steps"] + 1,
-             "first_bad_step": jnp.minimum(metrics["first_bad_step"], bad)}
-  return new_state, metrics
+  return new_state, add_train_metrics(metrics, loss, logits, batch["label"],
+                                      jnp.isfinite(loss), state.step)
+
+
+def add_train_metrics(metrics, loss, logits, labels, finite, step):
+  """The train metric sums plus one step's; ``finite`` False marks ``step + 1`` (1-based) bad."""
+  n = labels.shape[0]
+  bad = jnp.where(finite, NO_BAD_STEP, step + 1)
+  return {"loss_sum": metrics["loss_sum"] + loss * n,
+          "correct1": metrics["correct1"] + _correct(logits, labels, 1).sum(),
+          "correct5": metrics["correct5"] + _correct(logits, labels, 5).sum(),
+          "count": metrics["count"] + n, "steps": metrics["steps"] + 1,
+          "first_bad_step": jnp.minimum(metrics["first_bad_step"], bad)}
 
 
 def eval_step(variables, metrics, batch, *, model, preprocess_mode=None):
