@@ -17,6 +17,7 @@ names, source file); `keras_io.weights_info(path)` reads that back for a checkpo
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, Mapping
 
 import jax
@@ -74,8 +75,17 @@ def _resolve(directory: str | os.PathLike) -> tuple[str, int | None]:
                           f"output.")
 
 
-def _read_only_manager(checkpoints_dir: str) -> ocp.CheckpointManager:
-  return manager(os.path.dirname(checkpoints_dir), read_only=True)
+def _read_only_manager(checkpoints_dir: str, attempts: int = 5) -> ocp.CheckpointManager:
+  """A manager that only reads. A training run writing to the same folder may prune an old step
+  between Orbax listing the folder and reading that step's metadata (FileNotFoundError); the
+  listing is then taken again, a few times, before the error is raised."""
+  for attempt in range(attempts):
+    try:
+      return manager(os.path.dirname(checkpoints_dir), read_only=True)
+    except FileNotFoundError:
+      if attempt == attempts - 1 or not os.path.isdir(checkpoints_dir):
+        raise
+      time.sleep(0.05 * (attempt + 1))
 
 
 def latest_step(workdir: str | os.PathLike) -> int | None:

@@ -84,3 +84,25 @@ def test_training_checkpoint_stores_grain_iterator_state(tmp_path):
     np.testing.assert_array_equal(next(fresh)["image"], want)
   assert ckpt_lib.latest_step(tmp_path) == 3
   assert "process_0-of-1.json" in os.listdir(tmp_path / "checkpoints" / "3" / "data_iter")
+
+
+def test_latest_step_lists_again_when_a_running_job_prunes_a_step_meanwhile(tmp_path, monkeypatch):
+  """A reader polling a live workdir (an evaluation job, the multi-process tests) can see Orbax
+  list a step folder that the writer's max_to_keep deletes before its metadata is read."""
+  ckpt_lib.save_variables(tmp_path, _variables(), model_name="resnet50", num_classes=2)
+  real, calls = ckpt_lib.manager, []
+
+  def pruned_meanwhile(*args, **kwargs):
+    calls.append(1)
+    if len(calls) <= 2:
+      raise FileNotFoundError(2, "No such file or directory", str(tmp_path / "checkpoints" / "4"))
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(ckpt_lib, "manager", pruned_meanwhile)
+  step = ckpt_lib.latest_step(tmp_path)
+  assert step is not None and step == ckpt_lib.latest_step(tmp_path) and len(calls) == 4
+  calls.clear()
+  monkeypatch.setattr(ckpt_lib, "manager", lambda *a, **k: (_ for _ in ()).throw(
+      FileNotFoundError("always gone")))
+  with pytest.raises(FileNotFoundError, match="always gone"):  # not swallowed for ever
+    ckpt_lib.latest_step(tmp_path)
