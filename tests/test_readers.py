@@ -121,3 +121,94 @@ def test_read_image_refuses_decompression_bombs_from_the_header(tmp_path, monkey
   monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
   with pytest.raises(readers.ReaderError, match=r"10 = 120 pixels, above PIL's limit of 100"):
     readers.read_image(tmp_path / "small.png")
+
+
+# --------------------------------------------------------- size caps from DICOM / NIfTI headers
+def dicom_claiming(tmp_path, src="CT_small.dcm", **header):
+  """A copy of a pydicom test file whose header values are replaced (the pixel data is not)."""
+  ds = pydicom.dcmread(os.path.join(TEST_FILES, src))
+  for keyword, value in header.items():
+    setattr(ds, keyword, value)
+  path = tmp_path / "claims.dcm"
+  ds.save_as(path)
+  return path
+
+
+def nifti_claiming(tmp_path, shape, name="claims.nii.gz", nifti2=False):
+  """A NIfTI file whose header says `shape` (float32) followed by only 16 bytes of data."""
+  import gzip
+  nib = pytest.importorskip("nibabel")
+  img = (nib.Nifti2Image if nifti2 else nib.Nifti1Image)(np.zeros((2, 2, 2), np.float32), np.eye(4))
+  img.header.set_data_shape(shape)
+  path = tmp_path / name
+  with (gzip.open if name.endswith(".gz") else open)(path, "wb") as f:
+    img.header.write_to(f)
+    f.write(b"\0" * (int(img.header["vox_offset"]) - f.tell()) + b"\0" * 16)
+  return path
+
+
+def test_dicom_header_claiming_a_huge_size_is_refused_before_decoding(tmp_path):
+  path = dicom_claiming(tmp_path, Rows=65535, Columns=65535, NumberOfFrames=100000)
+  with pytest.raises(readers.ReaderError) as e:
+    readers.read_dicom(path)
+  assert e.value.path == os.fspath(path)
+  assert ("Rows x Columns x NumberOfFrames x SamplesPerPixel = 65535 x 65535 x 100000 x 1 = "
+          f"{65535 * 65535 * 100000} elements, above the limit of {readers.MAX_VOXELS}"
+          in e.value.reason)
+  assert "MAX_VOXELS" in e.value.reason and "RADIMAGENET_JAX_MAX_VOXELS" in e.value.reason
+  with pytest.raises(readers.ReaderError, match=r"65535 x 65535 x 1 = 4294836225 elements"):
+    readers.read_dicom(path, frame=0)  # one frame of 65535 x 65535 is still above 2**30
+
+
+@pytest.mark.parametrize("name,nifti2,shape", [("v.nii.gz", False, (30000, 30000, 30000)),
+                                               ("v.nii", True, (40000, 40000, 40000))])
+def test_nifti_header_claiming_a_huge_size_is_refused_before_decoding(tmp_path, name, nifti2,
+                                                                      shape):
+  path = nifti_claiming(tmp_path, shape, name, nifti2)
+  assert os.path.getsize(path) < 2000
+  with pytest.raises(readers.ReaderError) as e:
+    readers.read_nifti(path)
+  assert e.value.path == os.fspath(path)
+  n = shape[0]
+  assert (f"NIfTI dim = {n} x {n} x {n} = {n ** 3} elements, above the limit of "
+          f"{readers.MAX_VOXELS}" in e.value.reason)
+
+
+def test_dicom_just_under_the_limit_reads_and_just_over_raises(monkeypatch):
+  path = os.path.join(DATA, "emri_small.dcm")  # 10 frames of 64 x 64, 1 sample: 40960 elements
+  expected = readers.read_dicom(path)
+  monkeypatch.setattr(readers, "MAX_VOXELS", 40960)
+  np.testing.assert_array_equal(readers.read_dicom(path), expected)
+  monkeypatch.setattr(readers, "MAX_VOXELS", 40959)
+  with pytest.raises(readers.ReaderError, match=r"64 x 64 x 10 x 1 = 40960 elements, above the "
+                     r"limit of 40959"):
+    readers.read_dicom(path)
+  # With `frame`, only that frame is decoded and capped: 64 x 64 x 1 = 4096.
+  np.testing.assert_array_equal(readers.read_dicom(path, frame=3), expected[3])
+  monkeypatch.setattr(readers, "MAX_VOXELS", 4095)
+  with pytest.raises(readers.ReaderError, match=r"\(one frame\) = 64 x 64 x 1 = 4096 elements"):
+    readers.read_dicom(path, frame=3)
+  monkeypatch.setattr(readers, "MAX_VOXELS", 0)  # 0: no limit
+  np.testing.assert_array_equal(readers.read_dicom(path), expected)
+
+
+def test_nifti_just_under_the_limit_reads_and_just_over_raises(tmp_path, monkeypatch):
+  nib = pytest.importorskip("nibabel")
+  data = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+  nib.save(nib.Nifti1Image(data, np.diag([-1.0, 1.0, 1.0, 1.0])), tmp_path / "v.nii.gz")
+  monkeypatch.setattr(readers, "MAX_VOXELS", 24)
+  np.testing.assert_array_equal(readers.read_nifti(tmp_path / "v.nii.gz"), data[::-1])
+  monkeypatch.setattr(readers, "MAX_VOXELS", 23)
+  with pytest.raises(readers.ReaderError, match=r"v\.nii\.gz: NIfTI dim = 2 x 3 x 4 = 24 elements, "
+                     r"above the limit of 23"):
+    readers.read_nifti(tmp_path / "v.nii.gz")
+
+
+def test_max_voxels_environment_variable(monkeypatch):
+  monkeypatch.delenv("RADIMAGENET_JAX_MAX_VOXELS", raising=False)
+  assert readers._max_voxels_from_env() == 1 << 30
+  monkeypatch.setenv("RADIMAGENET_JAX_MAX_VOXELS", "2_000_000_000")
+  assert readers._max_voxels_from_env() == 2_000_000_000
+  monkeypatch.setenv("RADIMAGENET_JAX_MAX_VOXELS", "lots")
+  with pytest.raises(ValueError, match="RADIMAGENET_JAX_MAX_VOXELS must be an integer.*'lots'"):
+    readers._max_voxels_from_env()

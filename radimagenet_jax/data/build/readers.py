@@ -9,9 +9,15 @@ use, so that a builder can hand the reason to `RadBuilder.source_error(path, rea
 - `window(hu, center, width)`: linear window to uint8.
 - `read_image(path)`: uint8 HxW (grayscale) or HxWx3 (colour) with PIL.
 - `read_nifti(path)`: float32 volume reoriented to RAS+ with nibabel.
+
+`read_dicom` and `read_nifti` refuse, from the header and before any pixel data is decoded, a file
+that would decode to more than `MAX_VOXELS` elements (voxels x samples per voxel): a corrupt or
+hostile header (65535 x 65535 x 100000 frames, a 30000^3 volume in a 1 KB .nii.gz) would otherwise
+allocate or decompress terabytes. 2-D PNG/JPEG are capped by PIL's `Image.MAX_IMAGE_PIXELS`.
 """
 from __future__ import annotations
 
+import math
 import os
 import warnings
 
@@ -28,6 +34,43 @@ class ReaderError(ValueError):
     self.path = os.fspath(path)
     self.reason = reason
     super().__init__(f"{self.path}: {reason}")
+
+
+_MAX_VOXELS_ENV = "RADIMAGENET_JAX_MAX_VOXELS"
+
+
+def _max_voxels_from_env(default: int = 1 << 30) -> int:
+  """The limit in $RADIMAGENET_JAX_MAX_VOXELS (an integer, 0 = no limit), else `default`."""
+  value = os.environ.get(_MAX_VOXELS_ENV, "").strip()
+  if not value:
+    return default
+  try:
+    return int(value)
+  except ValueError:
+    raise ValueError(f"{_MAX_VOXELS_ENV} must be an integer number of elements (0: no limit), "
+                     f"got {value!r}") from None
+
+
+# Most elements (voxels x samples per voxel) that read_dicom / read_nifti decode from one file;
+# 0 or None disables the check. Default 2**30 = 1.07e9: above the largest real volumes (a 512 x 512
+# x 2000 CT is 5.2e8, a 1024 x 1024 x 1000 one 1.05e9) while the float32 result stays at 4 GiB
+# (DICOM decoding holds the stored integers and a float64 rescaled copy on top of that); 2**31
+# would already be 8 GiB of float32 for one file. Raise it by assigning
+# `radimagenet_jax.data.build.readers.MAX_VOXELS` (read at each call), or with the environment
+# variable RADIMAGENET_JAX_MAX_VOXELS, read once when this module is imported (child processes
+# inherit it, which they do not an assignment made in the parent).
+MAX_VOXELS: int | None = _max_voxels_from_env()
+
+
+def _check_size(path, what: str, dims) -> None:
+  """ReaderError when the product of the header values `dims` is above MAX_VOXELS."""
+  limit = MAX_VOXELS
+  total = math.prod(int(d) for d in dims)
+  if limit and total > limit:
+    raise ReaderError(path, f"{what} = {' x '.join(str(int(d)) for d in dims)} = {total} elements, "
+                      f"above the limit of {limit} (refused from the header as a corrupt file or "
+                      f"a decompression bomb; raise it with radimagenet_jax.data.build.readers."
+                      f"MAX_VOXELS or the environment variable {_MAX_VOXELS_ENV}, 0 = no limit)")
 
 
 def transfer_syntax(ds) -> str:
@@ -50,8 +93,10 @@ def read_dicom(path, *, frame: int | None = None, invert_monochrome1: bool = Tru
     frame axis when frame is None and the file has several frames.
 
   Raises:
-    ReaderError: not DICOM, no pixel data, a transfer syntax no installed decoder handles, or
-      truncated pixel data; the message names the file and the transfer syntax.
+    ReaderError: not DICOM, no pixel data, a transfer syntax no installed decoder handles,
+      truncated pixel data (the message names the file and the transfer syntax), or more than
+      MAX_VOXELS elements to decode: Rows x Columns x NumberOfFrames x SamplesPerPixel, or
+      Rows x Columns x SamplesPerPixel when `frame` is given (checked before decoding).
   """
   import pydicom
   from pydicom import pixels
@@ -62,6 +107,18 @@ def read_dicom(path, *, frame: int | None = None, invert_monochrome1: bool = Tru
     raise ReaderError(path, f"not a readable DICOM file ({type(e).__name__}: {e})") from e
   if "PixelData" not in ds:
     raise ReaderError(path, "DICOM file holds no pixel data")
+  try:  # Unreadable values are left to pydicom, whose pixel_array then fails below.
+    rows, cols, samples = (int(ds.get(k) or d) for k, d in
+                           (("Rows", 0), ("Columns", 0), ("SamplesPerPixel", 1)))
+    frames = int(ds.get("NumberOfFrames") or 1)
+  except Exception:
+    pass
+  else:
+    if frame is None:
+      _check_size(path, "DICOM Rows x Columns x NumberOfFrames x SamplesPerPixel",
+                  (rows, cols, frames, samples))
+    else:
+      _check_size(path, "DICOM Rows x Columns x SamplesPerPixel (one frame)", (rows, cols, samples))
   syntax = transfer_syntax(ds)
   try:
     arr = pixels.pixel_array(ds, index=frame) if frame is not None else ds.pixel_array
@@ -135,11 +192,20 @@ def read_image(path) -> np.ndarray:
 
 def read_nifti(path, *, return_affine: bool = False):
   """Reads a NIfTI (.nii / .nii.gz) volume as float32, reoriented to RAS+ (axis 0 = left->right,
-  1 = posterior->anterior, 2 = inferior->superior); optionally with its 4x4 affine."""
+  1 = posterior->anterior, 2 = inferior->superior); optionally with its 4x4 affine.
+
+  A header whose dimensions multiply to more than MAX_VOXELS is a ReaderError, raised before
+  anything is decoded (nib.load reads only the header)."""
   import nibabel as nib
   path = os.fspath(path)
   try:
-    img = nib.as_closest_canonical(nib.load(path))
+    img = nib.load(path)
+    shape = img.header.get_data_shape()
+  except Exception as e:  # nibabel raises ImageFileError, OSError, EOFError (truncated gzip)...
+    raise ReaderError(path, f"not a readable NIfTI file ({type(e).__name__}: {e})") from e
+  _check_size(path, "NIfTI dim", shape)
+  try:  # as_closest_canonical loads the data when it has to reorder axes.
+    img = nib.as_closest_canonical(img)
     data = np.asarray(img.get_fdata(dtype=np.float32))
   except Exception as e:  # nibabel raises ImageFileError, OSError, EOFError (truncated gzip)...
     raise ReaderError(path, f"not a readable NIfTI file ({type(e).__name__}: {e})") from e
