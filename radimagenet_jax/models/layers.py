@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from radimagenet_jax.models.batchnorm import BATCH_STATS, KerasBatchNorm, bn_uses_running_average
-from radimagenet_jax.models.fast_ops import conv_general_dilated, max_pool_valid
+from radimagenet_jax.models.fast_ops import concatenate, conv_general_dilated, max_pool_valid
 
 # Collections a model uses. Param paths are (collection, keras_layer_name, variable_name).
 PARAMS = "params"
@@ -129,7 +129,7 @@ class FlaxLayers:
     return self._tap(name, y)
 
   def concat(self, xs, *, name):
-    return self._tap(name, jnp.concatenate(xs, axis=-1))
+    return self._tap(name, concatenate(xs))
 
   def scale_add(self, xs, scale, *, name):
     """Keras 3 ``CustomScaleLayer`` (a ``Lambda`` in Keras 2): ``xs[0] + xs[1] * scale`` (IRV2)."""
