@@ -2,15 +2,15 @@
 
 Measured with `benchmarks/train_throughput.py --peer keras` (README "Performance on CPU"): 1x1
 convolutions (36 of ResNet50's 53) as matrix products made the ResNet50 train step 1.42x faster at
-128 px; hand-written weight gradients behind an optimization barrier stop XLA from fusing the
-BatchNorm backward into the slow transposed copy feeding them; 'valid' max pooling in two separable
-passes. `layers.FlaxLayers` uses these; parameter names, shapes and initialisers are unchanged.
+128 px; 'valid' max pooling in two separable passes; DenseNet's nested concatenations with a
+gradient computed once (``concatenate``). `layers.FlaxLayers` uses these; parameter names,
+shapes and initialisers are unchanged.
 
 They are XLA:CPU remedies: on a GPU or TPU the plain ``lax.conv_general_dilated`` and
-``reduce_window`` go to cuDNN / the TPU emitters, and the barriers would only block fusions and
-add GEMM autotuning to the compile. ``enabled()`` decides, at trace time: the environment variable
-``RADIMAGENET_JAX_FAST_OPS`` = ``auto`` (default: on when JAX's default backend is the CPU),
-``on`` or ``off``. Both paths give the same numbers up to float32 rounding (tests/test_fast_ops.py).
+``reduce_window`` go to cuDNN / the TPU emitters, and a ``lax.cond`` per concatenation would
+cost a kernel launch and a predicate read each. ``enabled()`` decides, at trace time: the
+environment variable ``RADIMAGENET_JAX_FAST_OPS`` = ``auto`` (default: on when JAX's default
+backend is the CPU), ``on`` or ``off``. Both paths give the same numbers up to float32 rounding (tests/test_fast_ops.py).
 """
 from __future__ import annotations
 
@@ -53,24 +53,15 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                          dimension_numbers=None, feature_group_count=1, precision=None, **kw):
   """``lax.conv_general_dilated`` for ``nn.Conv`` (``conv_general_dilated=``), faster on XLA:CPU.
 
-  - A 1x1 convolution (NHWC, HWIO kernel, no dilation, one group, no padding) is a strided slice
-    of the input and one ``dot_general`` over the channels: the same sum up to float32 rounding,
-    but its gradients are matrix products too. XLA:CPU computes the kernel gradient of a
-    convolution as another convolution over transposed activations (a dilated one for strided
-    1x1s), 2-5x slower for 1x1 kernels. 36 of ResNet50's 53 convolutions are 1x1.
-  - Every other convolution is ``lax.conv_general_dilated`` with the kernel gradient computed
-    from materialised inputs (``_conv``).
-  In both, an ``optimization_barrier`` before the kernel gradient keeps XLA from fusing the
-  BatchNorm backward into the transposed copy that the kernel-gradient product reads (a fused
-  elementwise loop in transposed order, cache-hostile at 224x224); the copy alone is cheaper.
+  A 1x1 convolution (NHWC, HWIO kernel, no dilation, one group, no padding) is a strided slice of
+  the input and one ``dot_general`` over the channels: the same sum up to float32 rounding, but its
+  gradients are matrix products too. XLA:CPU computes the kernel gradient of a convolution as
+  another convolution over transposed activations (a dilated one for strided 1x1s), 2-5x slower
+  for 1x1 kernels. 36 of ResNet50's 53 convolutions are 1x1. Every other convolution is
+  ``lax.conv_general_dilated``.
   """
-  if not enabled():
-    return jax.lax.conv_general_dilated(
-        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-        dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
-        precision=precision, **kw)
-  one_by_one = (rhs.ndim == 4 and rhs.shape[:2] == (1, 1) and feature_group_count == 1
-                and dimension_numbers is not None
+  one_by_one = (enabled() and rhs.ndim == 4 and rhs.shape[:2] == (1, 1)
+                and feature_group_count == 1 and dimension_numbers is not None
                 and tuple(getattr(dimension_numbers, "lhs_spec", ())) == (0, 3, 1, 2)
                 and tuple(getattr(dimension_numbers, "rhs_spec", ())) == (3, 2, 0, 1)
                 and tuple(getattr(dimension_numbers, "out_spec", ())) == (0, 3, 1, 2)
@@ -79,66 +70,14 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                 and (padding in ("VALID", "SAME")
                      or all(tuple(p) == (0, 0) for p in padding)) and not kw)
   if not one_by_one:
-    cfg = dict(window_strides=tuple(window_strides),
-               padding=padding if isinstance(padding, str) else tuple(map(tuple, padding)),
-               lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-               dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
-               precision=precision, **kw)
-    return _conv(lhs, rhs, tuple(cfg.items()))
+    return jax.lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+        precision=precision, **kw)
   sh, sw = window_strides
   if sh > 1 or sw > 1:
     lhs = lhs[:, ::sh, ::sw, :]
-  return _channel_matmul(lhs, rhs[0, 0])
-
-
-def _channel_matmul_fwd_only(x, k):
-  return jax.lax.dot_general(x, k, (((3,), (0,)), ((), ())))
-
-
-@jax.custom_vjp
-def _channel_matmul(x, k):
-  """NHWC x (Cin, Cout) -> NHWC; kernel gradient behind an optimization_barrier."""
-  return _channel_matmul_fwd_only(x, k)
-
-
-def _cm_fwd(x, k):
-  return _channel_matmul_fwd_only(x, k), (x, k)
-
-
-def _cm_bwd(res, g):
-  x, k = res
-  dx = jax.lax.dot_general(g, k, (((3,), (1,)), ((), ())))
-  xb, gb = jax.lax.optimization_barrier((x, g))
-  dk = jax.lax.dot_general(xb, gb, (((0, 1, 2), (0, 1, 2)), ((), ())))
-  return dx, dk
-
-
-_channel_matmul.defvjp(_cm_fwd, _cm_bwd)
-
-
-def _conv_fwd_only(x, k, cfg):
-  return jax.lax.conv_general_dilated(x, k, **dict(cfg))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _conv(x, k, cfg):
-  """lax.conv_general_dilated(x, k, **dict(cfg)); kernel gradient behind an optimization_barrier."""
-  return _conv_fwd_only(x, k, cfg)
-
-
-def _conv_fwd(x, k, cfg):
-  return _conv_fwd_only(x, k, cfg), (x, k)
-
-
-def _conv_bwd(cfg, res, g):
-  x, k = res
-  dx, = jax.vjp(lambda x: _conv_fwd_only(x, k, cfg), x)[1](g)
-  xb, gb = jax.lax.optimization_barrier((x, g))
-  dk, = jax.vjp(lambda k: _conv_fwd_only(xb, k, cfg), k)[1](gb)
-  return dx, dk
-
-
-_conv.defvjp(_conv_fwd, _conv_bwd)
+  return jax.lax.dot_general(lhs, rhs[0, 0], (((3,), (0,)), ((), ())), precision=precision)
 
 
 def concatenate(xs):
