@@ -3,7 +3,7 @@
 # checkout on every worker, run one radimagenet-jax command on all workers at once.
 #
 #   ZONE=us-central2-b launch/tpu_pod.sh [--dry-run] [--skip-install] -- \
-#       pretrain --config=configs/pretrain.py:radimagenet --workdir=gs://BUCKET/runs/r50
+#       pretrain --config=configs/pretrain.py:radimagenet --workdir=/mnt/BUCKET/runs/r50
 #
 # --dry-run       print every gcloud/tar command instead of running it
 # --skip-install  reuse what an earlier run installed on the workers
@@ -17,9 +17,10 @@
 #   JAX_PIP           the jax to install                  (default 'jax[tpu]')
 #   TFDS_DATA_DIR     data dir on the workers (default ~/tensorflow_datasets: local to each worker,
 #                     so a missing dataset is built once per worker; a shared mount is built once)
-# The workdir must be storage all workers reach (a gs:// bucket or a shared mount): checkpoints
-# are written by every worker. Re-running the same command resumes from the workdir; a slice that
-# was preempted (state PREEMPTED/TERMINATED) is deleted and created again first.
+# The workdir must be a path all workers reach (a bucket mounted with Cloud Storage FUSE on every
+# worker, Filestore, NFS; a gs:// URL is refused): checkpoints are written by every worker.
+# Re-running the same command resumes from the workdir; a slice that was preempted (state
+# PREEMPTED/TERMINATED) is deleted and created again first.
 set -euo pipefail
 usage="usage: $0 [--dry-run] [--skip-install] -- <radimagenet-jax command and flags>"
 dry_run=0; install=1

@@ -174,7 +174,7 @@ def test_slurm_script_names_a_missing_virtualenv(tmp_path):
   assert not _calls(tmp_path)
 
 
-_RUN_ARGS = ["pretrain", "--config=configs/pretrain.py:tiny", "--workdir=gs://bucket/runs/a b",
+_RUN_ARGS = ["pretrain", "--config=configs/pretrain.py:tiny", "--workdir=/mnt/bucket/runs/a b",
              "--config.learning_rate=3e-4"]
 
 
@@ -249,7 +249,7 @@ def test_tpu_pod_dry_run_prints_every_command_and_runs_none(tmp_path):
       "describe", "create", "tar", "scp", "ssh", "ssh"]
   assert not os.path.exists(printed[2][2])  # tar was only printed
   assert printed[-1][-1].endswith("radimagenet-jax pretrain --config=configs/pretrain.py:tiny "
-                                  "--workdir=gs://bucket/runs/a\\ b --config.learning_rate=3e-4")
+                                  "--workdir=/mnt/bucket/runs/a\\ b --config.learning_rate=3e-4")
 
 
 def test_tpu_pod_without_a_zone_says_what_is_missing(tmp_path):

@@ -327,7 +327,7 @@ def test_resume_with_another_optimizer_names_the_fields_and_overwrites_nothing(t
   assert summary["step"] == 4
 
 
-def test_workdir_that_is_a_file_or_read_only_is_one_line(tiny_setup, tmp_path):
+def test_workdir_that_is_a_file_read_only_or_a_url_is_one_line(tiny_setup, tmp_path, monkeypatch):
   (tmp_path / "file").write_text("x")
   with pytest.raises(FileExistsError, match=r"is a file; expected a directory"):
     pretrain_lib.train_and_evaluate(_config(), str(tmp_path / "file"))
@@ -336,6 +336,12 @@ def test_workdir_that_is_a_file_or_read_only_is_one_line(tiny_setup, tmp_path):
     ro.mkdir(mode=0o500)
     with pytest.raises(PermissionError, match=r"is not writable"):
       pretrain_lib.train_and_evaluate(_config(), str(ro / "run"))
+  # A bucket URL would have become ./gs:/bucket/run (os.path.abspath); it is refused instead.
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(ValueError, match=r"--workdir=gs://bucket/run: a URL; expected a directory "
+                     r"path.*mount the bucket"):
+    pretrain_lib.train_and_evaluate(_config(), "gs://bucket/run")
+  assert not (tmp_path / "gs:").exists()
 
 
 def test_non_finite_metrics_are_written_as_null(tmp_path):

@@ -61,7 +61,7 @@ def finetune(config, workdir: str) -> dict[str, Any]:
   if config.fold == "all":
     return {k: finetune(_with(config, fold=str(k)), os.path.join(workdir, f"fold{k}"))
             for k in range(config.num_folds)}
-  workdir = os.path.abspath(os.path.expanduser(workdir))
+  workdir = config_lib.resolve_workdir(workdir)
   config_lib.check_workdir_writable(workdir)
   prepared = prepare(config)
   os.makedirs(workdir, exist_ok=True)

@@ -36,6 +36,7 @@ from typing import Callable, Iterable, NamedTuple, Sequence
 
 from radimagenet_jax._files import write_json_atomic, write_text_atomic as _write_atomic  # noqa: F401
 from radimagenet_jax.finetune import freeze as freeze_lib
+from radimagenet_jax.train import config as config_lib
 
 PAPER_MODELS = ("resnet50", "densenet121", "inception_v3", "inception_resnet_v2")
 
@@ -262,7 +263,7 @@ def run_sweep(sweep_settings: dict, workdir: str, runs: Sequence[RunSpec],
     are cut into chunks(runs), and run_chunk(chunk, run_dirs) trains each, returning per run None
     (done) or the exception that failed it; every run is recorded as with run_one.
   """
-  workdir = os.path.abspath(os.path.expanduser(os.fspath(workdir)))
+  workdir = config_lib.resolve_workdir(workdir)
   identity = sweep_identity(sweep_settings)
   _check_unique(runs)
   _check_runs(runs, identity)

@@ -51,7 +51,7 @@ class _Run:
 
   def __init__(self, index, config, workdir, task, num_classes):
     self.index, self.config, self.task = index, config, task
-    self.workdir = os.path.abspath(os.path.expanduser(workdir))
+    self.workdir = config_lib.resolve_workdir(workdir)
     self.ident = loop.identity(config, num_classes)
     self.metadata = loop.run_metadata(config, self.ident, task)
     self.correct_bn = loop.corrects_bn(config, task)

@@ -139,6 +139,18 @@ def _norm(value):
   return value
 
 
+def resolve_workdir(workdir) -> str:
+  """The absolute local path of ``--workdir``; a URL (gs://, s3://, ...) is refused in one line:
+  checkpoints, logs and the atomic JSON records are written with POSIX renames and locks."""
+  path = os.fspath(workdir)
+  if "://" in path:
+    raise ValueError(f"--workdir={path}: a URL; expected a directory path. Runs write with POSIX "
+                     f"renames and file locks, so mount the bucket on every host (Cloud Storage "
+                     f"FUSE, NFS, Filestore) and give the mounted path, e.g. "
+                     f"--workdir=/mnt/BUCKET/runs/r50 (launch/README.md).")
+  return os.path.abspath(os.path.expanduser(path))
+
+
 def check_workdir_writable(workdir: str) -> None:
   """One clear line (not a PermissionError traceback after minutes of work) when ``workdir``
   cannot be written."""

@@ -23,7 +23,7 @@ def evaluate_workdir(workdir: str, *, step: int | None = None, split: str | None
   with (the workdir's config.json; or ``config`` when given); writes
   ``<workdir>/eval_<split>_step<N>.json``."""
   distributed.initialize()
-  workdir = os.path.abspath(os.path.expanduser(workdir))
+  workdir = config_lib.resolve_workdir(workdir)
   config_lib.check_workdir_writable(workdir)  # before a minute of evaluation, not after
   if config is None:
     config_path = os.path.join(workdir, "config.json")

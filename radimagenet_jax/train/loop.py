@@ -104,7 +104,7 @@ def fit(config, workdir: str, task: Task) -> dict[str, Any]:
   """Trains (resuming from ``workdir``), evaluates, writes summary.json; returns the summary."""
   distributed.initialize()
   distributed.enable_compilation_cache(config.compilation_cache_dir or None)
-  workdir = os.path.abspath(os.path.expanduser(workdir))
+  workdir = config_lib.resolve_workdir(workdir)
   main = distributed.is_main_process()
   mesh = distributed.make_mesh()
 
