@@ -98,3 +98,30 @@ def test_concatenate_gradient_is_the_plain_one_and_is_computed_once(monkeypatch)
   cot = jnp.arange(20.0).reshape(1, 2, 2, 5).at[0, 0, 0, 0].set(jnp.nan)
   da, db = jax.vjp(lambda a, b: fast_ops.concatenate([a, b]), a, b)[1](cot)
   np.testing.assert_array_equal(np.concatenate([da, db], -1), cot)
+
+
+def _bn_relu(x):
+  m = x.mean((0, 1, 2))
+  return jax.nn.relu((x - m) * jax.lax.rsqrt(((x - m) ** 2).mean((0, 1, 2)) + 1e-3))
+
+
+def test_kernel_gradients_transpose_stored_values_not_recomputed_ones():
+  """XLA:CPU's kernel-gradient products read a transposed copy of the layer input and the output
+  gradient; the BatchNorm/ReLU (backward) producing those must not be fused into (recomputed in)
+  that transposed copy: every fusion that transposes is a plain copy."""
+  import re
+  def loss(x, k1, k3):
+    h = fast_ops.conv_general_dilated(_bn_relu(x), k1, (1, 1), "VALID", dimension_numbers=DN)
+    h = fast_ops.conv_general_dilated(_bn_relu(h), k3, (1, 1), "SAME", dimension_numbers=DN)
+    return jnp.sum(jnp.sin(_bn_relu(h)))
+  rng = np.random.default_rng(3)
+  args = [jnp.asarray(rng.normal(size=s), jnp.float32)
+          for s in ((4, 8, 8, 16), (1, 1, 16, 8), (3, 3, 8, 8))]
+  with fast_ops.forced(True):
+    text = jax.jit(jax.grad(loss, (0, 1, 2))).lower(*args).compile().as_text()
+  transposing = [c for c in re.split(r"\n(?=\S)", text)
+                 if c.startswith("%fused") and " transpose(" in c]
+  assert transposing, "no transposed copy left: the test no longer looks at the right thing"
+  arithmetic = [c.split("\n", 1)[0][:60] for c in transposing
+                if " multiply(" in c or " subtract(" in c]
+  assert not arithmetic, arithmetic
