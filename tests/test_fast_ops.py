@@ -66,13 +66,16 @@ def test_forced_overrides_the_environment(monkeypatch):
   assert fast_ops.enabled()
 
 
+def _bn_relu(x):
+  m = x.mean((0, 1, 2))
+  return jax.nn.relu((x - m) * jax.lax.rsqrt(((x - m) ** 2).mean((0, 1, 2)) + 1e-3))
+
+
 def _dense_chain(x, ws, concat):
   """A DenseNet-shaped chain: BatchNorm-ReLU over the running concatenation, a channel matmul,
   appended to it (what makes XLA:CPU duplicate the gradient chain)."""
   for w in ws:
-    m = x.mean((0, 1, 2))
-    h = jax.nn.relu((x - m) * jax.lax.rsqrt(((x - m) ** 2).mean((0, 1, 2)) + 1e-5))
-    x = concat([x, jnp.tanh(h @ w)])
+    x = concat([x, jnp.tanh(_bn_relu(x) @ w)])
   return jnp.sum(jnp.sin(x))
 
 
@@ -98,11 +101,6 @@ def test_concatenate_gradient_is_the_plain_one_and_is_computed_once(monkeypatch)
   cot = jnp.arange(20.0).reshape(1, 2, 2, 5).at[0, 0, 0, 0].set(jnp.nan)
   da, db = jax.vjp(lambda a, b: fast_ops.concatenate([a, b]), a, b)[1](cot)
   np.testing.assert_array_equal(np.concatenate([da, db], -1), cot)
-
-
-def _bn_relu(x):
-  m = x.mean((0, 1, 2))
-  return jax.nn.relu((x - m) * jax.lax.rsqrt(((x - m) ** 2).mean((0, 1, 2)) + 1e-3))
 
 
 def test_kernel_gradients_transpose_stored_values_not_recomputed_ones():

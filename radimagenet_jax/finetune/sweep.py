@@ -300,8 +300,8 @@ def run_sweep(sweep_settings: dict, workdir: str, runs: Sequence[RunSpec],
   def record(i: int, spec: RunSpec, run_dir: str, error: BaseException | None) -> None:
     where = f"[{i + 1}/{len(runs)}] {spec.name}"
     if error is None and not is_finished(run_dir):
-      error = RuntimeError(f"the batched run finished but {run_dir} has no metrics.json and "
-                           "run.json with status 'done'")
+      error = RuntimeError(f"{'run_one' if run_chunk is None else 'run_chunk'} returned but "
+                           f"{run_dir} has no metrics.json and run.json with status 'done'")
     if error is None:
       log(f"{where}: done")
     else:
@@ -319,9 +319,6 @@ def run_sweep(sweep_settings: dict, workdir: str, runs: Sequence[RunSpec],
           continue
         try:
           run_one(spec, run_dir)
-          if not is_finished(run_dir):
-            raise RuntimeError(f"run_one returned but {run_dir} has no metrics.json and run.json "
-                               "with status 'done'")
           error = None
         except Exception as e:  # pylint: disable=broad-except
           error = e

@@ -97,9 +97,16 @@ def fit_runs(configs: Sequence[Any], workdirs: Sequence[str], tasks: Sequence[lo
   # ---- Model, per-run states stacked over runs ----
   model = loop.create_model(config, num_classes)
   full_tx = batched.optimizer(config, config.learning_rate, total_steps, warmup)
-  per_run = [state_lib.create(model, full_tx, config.seed, config.image_size, rep,
-                              variables=r.task.variables, init_law=config.init_law)
-             for r in runs]
+  create = lambda variables: state_lib.create(model, full_tx, config.seed, config.image_size, rep,
+                                              variables=variables, init_law=config.init_law)
+  fresh = None  # runs from a random init share the seed, hence one drawn state
+  per_run = []
+  for r in runs:
+    if r.task.variables is None:
+      fresh = fresh if fresh is not None else create(None)
+      per_run.append(fresh)
+    else:
+      per_run.append(create(r.task.variables))
   data = batched.runs_data([r.task.trainable for r in runs],
                            [r.config.learning_rate for r in runs], per_run[0].batch_stats,
                            [r.task.frozen_bn for r in runs])
@@ -110,14 +117,14 @@ def fit_runs(configs: Sequence[Any], workdirs: Sequence[str], tasks: Sequence[lo
                                 worker_count=config.worker_count, preprocess_on_device=True,
                                 augment_on_device=config.augment_on_device)
   data_iter = iter(loader)
-  alone_txs = [optim.freeze(optim.create_optimizer(r.config, lambda _: 0.0), r.task.trainable)
-               for r in runs]
+  # Each run's checkpointed optimizer state is its alone run's (`optim.freeze`): its shapes, once.
+  alone_opt = [jax.eval_shape(optim.freeze(optim.create_optimizer(r.config, lambda _: 0.0),
+                                           r.task.trainable).init, per_run[i].params)
+               for i, r in enumerate(runs)]
   if starts[0] is not None:
     for i, r in enumerate(runs):
-      template = dict(per_run[i].train_part(), opt_state=jax.eval_shape(
-          alone_txs[i].init, per_run[i].params))
-      template["opt_state"] = jax.tree.map(
-          lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), template["opt_state"])
+      template = dict(per_run[i].train_part(), opt_state=jax.tree.map(
+          lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), alone_opt[i]))
       variables, train = ckpt_lib.restore(r.mngr, starts[0], variables=per_run[i].variables,
                                           train_state=template,
                                           data_iter=data_iter if i == 0 else None)
@@ -171,7 +178,7 @@ def fit_runs(configs: Sequence[Any], workdirs: Sequence[str], tasks: Sequence[lo
       try:
         mine = batched.take(states, r.index)
         train_part = dict(mine.train_part(), opt_state=batched.to_alone_opt_state(
-            mine.opt_state, jax.eval_shape(alone_txs[r.index].init, mine.params)))
+            mine.opt_state, alone_opt[r.index]))
         ckpt_lib.save(r.mngr, step, variables=batched.take(variables, r.index),
                       train_state=train_part, data_iter=data_iter,
                       metadata=dict(r.metadata, step=step), force=force)
