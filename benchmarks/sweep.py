@@ -49,22 +49,6 @@ def _mesh():
   return jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",))
 
 
-def _synthetic_variables(model, size):
-  """Random-looking variables without compiling the model's init (a compile per model saved)."""
-  shapes = models.variable_shapes(model, size)
-  rng = np.random.default_rng(0)
-
-  def fill(path, s):
-    name = jax.tree_util.keystr(path)
-    if name.endswith("['var']") or name.endswith("['scale']"):
-      return np.ones(s.shape, s.dtype)
-    if name.endswith("['kernel']"):
-      fan_in = int(np.prod(s.shape[:-1]))
-      return (rng.standard_normal(s.shape) * np.sqrt(2.0 / fan_in)).astype(s.dtype)
-    return np.zeros(s.shape, s.dtype)
-  return jax.tree_util.tree_map_with_path(fill, dict(shapes))
-
-
 class Bench:
   """One model at one size, batch and dtype: the batched train / eval steps for K runs."""
 
@@ -76,8 +60,7 @@ class Bench:
     rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     cfg = _config()
     tx = batched.optimizer(cfg, cfg.learning_rate, 1000, 0)
-    one = state_lib.create(self.model, tx, 0, size, rep, variables=_synthetic_variables(
-        self.model, size))
+    one = state_lib.create(self.model, tx, 0, size, rep)  # random init drawn on the host
     self.states = jax.device_put(batched.stack([one] * k), rep)
     del one
     # A realistic mixture: the paper's three freeze modes as masks (head only / all / top half).
