@@ -16,12 +16,18 @@ def _conv_loss(x, k, strides, padding):
   return jnp.sum(jnp.sin(y)), y
 
 
-@pytest.mark.parametrize("ksize,strides,padding", [(1, (1, 1), "VALID"), (1, (2, 2), "VALID"),
-                                                   (3, (1, 1), "SAME"), (3, (2, 2), "VALID")])
-def test_conv_fast_equals_plain(monkeypatch, ksize, strides, padding):
+@pytest.mark.parametrize("ksize,strides,padding,size", [
+    (1, (1, 1), "VALID", 9), (1, (2, 2), "VALID", 9), (3, (1, 1), "SAME", 9),
+    (3, (2, 2), "VALID", 9),
+    (3, (1, 1), "VALID", 9),            # stride-1, unpadded: one padded row and column, sliced off
+    (3, (1, 1), "SAME", 2),             # kernel larger than the map: the input padded explicitly
+    (3, (2, 2), "VALID", 6),            # output smaller than the kernel (the input gradient's map)
+    ((1, 3), (1, 1), "SAME", 2), ((7, 1), (1, 1), "SAME", 6), (3, (1, 1), ((2, 0), (0, 1)), 3)])
+def test_conv_fast_equals_plain(monkeypatch, ksize, strides, padding, size):
   rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.normal(size=(2, 9, 9, 5)), jnp.float32)
-  k = jnp.asarray(rng.normal(size=(ksize, ksize, 5, 7)), jnp.float32)
+  kh, kw = (ksize, ksize) if isinstance(ksize, int) else ksize
+  x = jnp.asarray(rng.normal(size=(2, size, size, 5)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(kh, kw, 5, 7)), jnp.float32)
   results = {}
   for mode in ("on", "off"):
     monkeypatch.setenv(fast_ops.FAST_OPS_ENV, mode)
@@ -33,6 +39,43 @@ def test_conv_fast_equals_plain(monkeypatch, ksize, strides, padding):
   np.testing.assert_allclose(results["on"][0], oracle, rtol=1e-5, atol=1e-5)
   for g_on, g_off in zip(results["on"][1], results["off"][1]):
     np.testing.assert_allclose(g_on, g_off, rtol=1e-4, atol=1e-4)
+
+
+def _conv_layouts(loss, *args):
+  import re
+  text = jax.jit(jax.grad(loss, (0, 1))).lower(*args).compile().as_text()
+  return re.findall(r" convolution\(.*?window=\{([^}]*)\}, dim_labels=([^,\s]+)", text)
+
+
+@pytest.mark.parametrize("size,strides,padding", [(2, (1, 1), "SAME"), (6, (2, 2), "VALID")])
+def test_small_maps_keep_the_convolutions_in_the_fast_layout(size, strides, padding):
+  """A kernel covering more positions than the map (forward), or than the output (the input
+  gradient), makes XLA swap the convolution's operands into a layout XLA:CPU runs 10-100x slower;
+  the fast path pads the input so that every convolution of the step keeps NHWC / HWIO."""
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.normal(size=(2, size, size, 8)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(3, 3, 8, 8)), jnp.float32)
+  loss = lambda x, k: _conv_loss(x, k, strides, padding)[0]
+  with fast_ops.forced(False):
+    plain = _conv_layouts(loss, x, k)
+  assert any(labels != "b01f_01io->b01f" for _, labels in plain), plain   # XLA still swaps
+  with fast_ops.forced(True):
+    fast = _conv_layouts(loss, x, k)
+  assert fast and all(labels == "b01f_01io->b01f" for _, labels in fast), fast
+
+
+def test_unpadded_stride_one_convolution_runs_padded():
+  """XLA:CPU runs a stride-1 convolution without padding 2.5-5x slower than with one padded row
+  and column; the fast path pads and slices, in the forward pass and in the kernel gradient."""
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(rng.normal(size=(2, 9, 9, 4)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(3, 3, 4, 4)), jnp.float32)
+  loss = lambda x, k: jnp.sum(_conv_loss(x, k, (1, 1), "VALID")[1] ** 2)
+  for on in (False, True):
+    with fast_ops.forced(on):
+      windows = [w for w, _ in _conv_layouts(loss, x, k)]
+    assert len(windows) == 3, windows        # forward, input gradient, kernel gradient
+    assert all("pad=" in w for w in windows) == on, windows
 
 
 def test_max_pool_fast_equals_plain(monkeypatch):
@@ -101,6 +144,30 @@ def test_concatenate_gradient_is_the_plain_one_and_is_computed_once(monkeypatch)
   cot = jnp.arange(20.0).reshape(1, 2, 2, 5).at[0, 0, 0, 0].set(jnp.nan)
   da, db = jax.vjp(lambda a, b: fast_ops.concatenate([a, b]), a, b)[1](cot)
   np.testing.assert_array_equal(np.concatenate([da, db], -1), cot)
+
+
+def _residual_chain(x, ws, store):
+  """Inception-ResNet-shaped: relu(x + 0.1 * branch(x)), block after block."""
+  for w in ws:
+    x = jax.nn.relu(store(x + 0.1 * jnp.tanh(_bn_relu(x) @ w)))
+  return jnp.sum(jnp.sin(x))
+
+
+def test_stored_residual_sums_are_not_recomputed_and_keep_the_gradient():
+  rng = np.random.default_rng(6)
+  x = jnp.asarray(rng.normal(size=(2, 4, 4, 8)), jnp.float32)
+  ws = [jnp.asarray(rng.normal(0, 0.3, (8, 8)), jnp.float32) for _ in range(10)]
+  oracle = jax.jit(jax.grad(lambda x, ws: _residual_chain(x, ws, lambda v: v), (0, 1)))(x, ws)
+  maxima = {}
+  for on in (True, False):
+    with fast_ops.forced(on):
+      grad = jax.jit(jax.grad(lambda x, ws: _residual_chain(x, ws, fast_ops.stored), (0, 1)))
+      compiled = grad.lower(x, ws).compile()
+    maxima[on] = compiled.as_text().count(" maximum(")
+    for got, want in zip(jax.tree.leaves(compiled(x, ws)), jax.tree.leaves(oracle)):
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  # Without the stored sums the backward fusions recompute the ReLUs of the blocks above.
+  assert maxima[True] < 0.5 * maxima[False], maxima
 
 
 def test_kernel_gradients_transpose_stored_values_not_recomputed_ones():

@@ -21,7 +21,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from radimagenet_jax.models.batchnorm import BATCH_STATS, KerasBatchNorm, bn_uses_running_average
-from radimagenet_jax.models.fast_ops import concatenate, conv_general_dilated, max_pool_valid
+from radimagenet_jax.models.fast_ops import (concatenate, conv_general_dilated, max_pool_valid,
+                                             stored)
 
 # Collections a model uses. Param paths are (collection, keras_layer_name, variable_name).
 PARAMS = "params"
@@ -126,14 +127,14 @@ class FlaxLayers:
     y = xs[0]
     for other in xs[1:]:
       y = y + other
-    return self._tap(name, y)
+    return self._tap(name, stored(y))
 
   def concat(self, xs, *, name):
     return self._tap(name, concatenate(xs))
 
   def scale_add(self, xs, scale, *, name):
     """Keras 3 ``CustomScaleLayer`` (a ``Lambda`` in Keras 2): ``xs[0] + xs[1] * scale`` (IRV2)."""
-    return self._tap(name, xs[0] + xs[1] * scale)
+    return self._tap(name, stored(xs[0] + xs[1] * scale))
 
   def zero_pad(self, x, padding, *, name):
     (t, b), (l, r) = _pads(padding)
