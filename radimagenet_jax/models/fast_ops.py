@@ -94,15 +94,15 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   gradient reads: ResNet50's train step is 1.15x faster with the operands computed once (128 and
   224 px, batch 16; README "Performance on CPU").
   """
-  one_by_one = (enabled() and rhs.ndim == 4 and rhs.shape[:2] == (1, 1)
-                and feature_group_count == 1 and dimension_numbers is not None
-                and tuple(getattr(dimension_numbers, "lhs_spec", ())) == (0, 3, 1, 2)
-                and tuple(getattr(dimension_numbers, "rhs_spec", ())) == (3, 2, 0, 1)
-                and tuple(getattr(dimension_numbers, "out_spec", ())) == (0, 3, 1, 2)
-                and all(d == 1 for d in (lhs_dilation or (1, 1)))
-                and all(d == 1 for d in (rhs_dilation or (1, 1)))
+  nhwc = (rhs.ndim == 4 and feature_group_count == 1 and dimension_numbers is not None
+          and tuple(getattr(dimension_numbers, "lhs_spec", ())) == (0, 3, 1, 2)
+          and tuple(getattr(dimension_numbers, "rhs_spec", ())) == (3, 2, 0, 1)
+          and tuple(getattr(dimension_numbers, "out_spec", ())) == (0, 3, 1, 2)
+          and all(d == 1 for d in (lhs_dilation or (1, 1)))
+          and all(d == 1 for d in (rhs_dilation or (1, 1))) and not kw)
+  one_by_one = (enabled() and nhwc and rhs.shape[:2] == (1, 1)
                 and (padding in ("VALID", "SAME")
-                     or all(tuple(p) == (0, 0) for p in padding)) and not kw)
+                     or all(tuple(p) == (0, 0) for p in padding)))
   if not one_by_one:
     cfg = dict(window_strides=tuple(window_strides),
                padding=padding if isinstance(padding, str) else tuple(map(tuple, padding)),
@@ -111,6 +111,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                precision=precision, **kw)
     if not enabled():
       return _conv_fwd_only(lhs, rhs, tuple(cfg.items()))
+    if not nhwc:
+      return _conv(lhs, rhs, tuple(cfg.items()))
     return _padded_conv(lhs, rhs, cfg)
   sh, sw = window_strides
   if sh > 1 or sw > 1:
@@ -123,21 +125,13 @@ def _padded_conv(x, k, cfg):
   convolution on XLA:CPU's fast paths, its output sliced back to the requested size (the same
   values: every kept output sees the same window, the added ones are dropped).
 
-  Two cases (NHWC / HWIO, no dilation): a stride-1 convolution without padding (a 'valid' 3x3)
-  runs 2.5-5x slower in XLA:CPU than the same convolution with one padded row and column; and a
-  spatial size below the kernel's (a 3x3 'same' convolution on a 2x2 map, InceptionV3's last
+  For NHWC / HWIO convolutions without dilation, two cases: a stride-1 convolution without
+  padding (a 'valid' 3x3) runs 2.5-5x slower in XLA:CPU than the same convolution with one padded
+  row and column; and a spatial size below the kernel's (a 3x3 'same' convolution on a 2x2 map, InceptionV3's last
   blocks at 128 px) makes XLA swap the convolution's operands (``ConvOperandSwapper``) into a
   layout its fast kernels do not take, 20-40 ms for a few MFLOP, in the forward pass or in the
   input gradient of a strided one.
   """
-  dn = cfg.get("dimension_numbers")
-  if (k.ndim != 4 or x.ndim != 4 or cfg.get("feature_group_count", 1) != 1
-      or dn is None or tuple(getattr(dn, "lhs_spec", ())) != (0, 3, 1, 2)
-      or tuple(getattr(dn, "rhs_spec", ())) != (3, 2, 0, 1)
-      or tuple(getattr(dn, "out_spec", ())) != (0, 3, 1, 2)
-      or any(d != 1 for d in (cfg.get("lhs_dilation") or (1, 1)))
-      or any(d != 1 for d in (cfg.get("rhs_dilation") or (1, 1)))):
-    return _conv(x, k, tuple(cfg.items()))
   strides, kernel, size = cfg["window_strides"], k.shape[:2], x.shape[1:3]
   pads = cfg["padding"]
   if isinstance(pads, str):
