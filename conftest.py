@@ -16,3 +16,5 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # test workers, so identical steps compiled by several tests compile once; never the user's cache.
 os.environ.setdefault("RADIMAGENET_JAX_CACHE", os.path.join(os.path.dirname(__file__),
                                                             ".pytest_cache", "jax_cache"))
+# As for a user: the package's import sets its XLA:CPU flags before any test starts a JAX backend.
+import radimagenet_jax  # noqa: E402,F401

@@ -208,3 +208,35 @@ def test_kernel_gradients_transpose_stored_values_not_recomputed_ones():
   arithmetic = [c.split("\n", 1)[0][:60] for c in transposing
                 if " multiply(" in c or " subtract(" in c]
   assert not arithmetic, arithmetic
+
+
+def test_xla_cpu_flag_rules():
+  from radimagenet_jax import _xla_cpu_flags as xf
+  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  assert xf.apply(env, "0.10.2")
+  assert env["XLA_FLAGS"] == f"--xla_force_host_platform_device_count=8 {xf.FLAG}"
+  assert not xf.apply(env, "0.10.2")                       # once
+  for env, version in [({"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=dot"}, "0.10.2"),
+                       ({"RADIMAGENET_JAX_FAST_OPS": "off"}, "0.10.2"),
+                       ({}, "0.9.2"), ({}, "0.13.0"), ({}, "0.10.1")]:
+    before = dict(env)
+    assert not xf.apply(env, version), (env, version)
+    assert env == before
+  assert xf.apply({}, "0.12.0.1") and xf.apply({}, "0.10.3rc1")
+
+
+def test_convolutions_leave_ynnpack_when_the_flag_is_set():
+  """The flag set on import (conftest imports the package before JAX starts) takes effect: the
+  compiled convolution is XLA's own (Eigen), not a YNNPACK fusion; matrix products stay there."""
+  import os
+  from radimagenet_jax import _xla_cpu_flags as xf
+  if xf.FLAG not in os.environ.get("XLA_FLAGS", ""):
+    pytest.skip(f"jaxlib outside the versions the flag was checked with: {xf._CHECKED}")
+  x = jnp.ones((2, 8, 8, 4))
+  k = jnp.ones((3, 3, 4, 4))
+  conv = jax.jit(lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), "SAME",
+                                                            dimension_numbers=DN))
+  text = conv.lower(x, k).compile().as_text()
+  assert " convolution(" in text and "__ynn_fusion" not in text, text
+  dot = jax.jit(lambda a, b: a @ b).lower(jnp.ones((64, 64)), jnp.ones((64, 64))).compile()
+  assert "__ynn_fusion" in dot.as_text()
