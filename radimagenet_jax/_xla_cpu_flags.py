@@ -21,6 +21,7 @@ import importlib.metadata
 import os
 
 FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+FAST_OPS_ENV = "RADIMAGENET_JAX_FAST_OPS"   # models/fast_ops.py's switch; 'off' skips FLAG too
 # jaxlib versions [low, high) this value was checked with (0.10.2); widen after checking a release.
 _CHECKED = ((0, 10, 2), (0, 11, 0))
 
@@ -37,7 +38,7 @@ def wanted(environ=os.environ, jaxlib_version: str | None = None) -> bool:
   """Whether ``FLAG`` should be added to ``environ['XLA_FLAGS']`` (see the module docstring)."""
   if "xla_cpu_experimental_ynn_fusion_type" in environ.get("XLA_FLAGS", ""):
     return False
-  if environ.get("RADIMAGENET_JAX_FAST_OPS", "auto").strip().lower() == "off":
+  if environ.get(FAST_OPS_ENV, "auto").strip().lower() == "off":
     return False
   if jaxlib_version is None:
     try:

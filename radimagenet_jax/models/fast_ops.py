@@ -28,7 +28,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-FAST_OPS_ENV = "RADIMAGENET_JAX_FAST_OPS"
+from radimagenet_jax import _xla_cpu_flags
+
+FAST_OPS_ENV = _xla_cpu_flags.FAST_OPS_ENV
 _CHOICES = ("auto", "on", "off")
 _FORCED: contextvars.ContextVar = contextvars.ContextVar("radimagenet_jax_fast_ops", default=None)
 
@@ -127,10 +129,10 @@ def _padded_conv(x, k, cfg):
 
   For NHWC / HWIO convolutions without dilation, two cases: a stride-1 convolution without
   padding (a 'valid' 3x3) runs 2.5-5x slower in XLA:CPU than the same convolution with one padded
-  row and column; and a spatial size below the kernel's (a 3x3 'same' convolution on a 2x2 map, InceptionV3's last
-  blocks at 128 px) makes XLA swap the convolution's operands (``ConvOperandSwapper``) into a
-  layout its fast kernels do not take, 20-40 ms for a few MFLOP, in the forward pass or in the
-  input gradient of a strided one.
+  row and column; and a spatial size below the kernel's (a 3x3 'same' convolution on a 2x2 map,
+  InceptionV3's last blocks at 128 px) makes XLA swap the convolution's operands
+  (``ConvOperandSwapper``) into a layout its fast kernels do not take, 20-40 ms for a few MFLOP,
+  in the forward pass or in the input gradient of a strided one.
   """
   strides, kernel, size = cfg["window_strides"], k.shape[:2], x.shape[1:3]
   pads = cfg["padding"]
@@ -140,9 +142,9 @@ def _padded_conv(x, k, cfg):
   out = [(n + lo + hi - kk) // s + 1 for n, (lo, hi), kk, s in zip(size, pads, kernel, strides)]
   # XLA swaps the operands of a convolution (forward, or its input gradient, a convolution of the
   # output gradient with the kernel) whose kernel covers more positions than its input.
-  contraction = [kk == n and p == (0, 0) and s == 1
-                 for kk, n, p, s in zip(kernel, size, pads, strides)]
-  free = [not c for c in contraction]
+  # (A dimension the kernel spans exactly, unpadded and unstrided, is a plain contraction: skipped.)
+  free = [not (kk == n and p == (0, 0) and s == 1)
+          for kk, n, p, s in zip(kernel, size, pads, strides)]
   prod = lambda v: math.prod(a for a, f in zip(v, free) if f)
   if prod(kernel) > prod(size) or math.prod(kernel) > math.prod(out):
     extra = [max(kk - n, (kk - o) * s, 0) for kk, n, o, s in zip(kernel, size, out, strides)]
@@ -190,7 +192,7 @@ def _conv_fwd_only(x, k, cfg):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _conv(x, k, cfg):
-  """lax.conv_general_dilated(x, k, **dict(cfg)), its kernel gradient from operands computed once."""
+  """lax.conv_general_dilated(x, k, **dict(cfg)); the kernel gradient reads operands stored once."""
   return _conv_fwd_only(x, k, cfg)
 
 
@@ -218,9 +220,7 @@ def concatenate(xs):
   k + 1 plus layer k + 1's BatchNorm backward. XLA:CPU's fusion duplicates such cheap elementwise
   producers into each of their two consumers (the next link and layer k's convolution backward),
   so every link recomputed the whole chain above it: DenseNet121's step held 19,887 multiplies
-  and compiled in about 50 s. Passing the cotangent through a ``lax.cond`` whose predicate XLA
-  cannot know (an element equals itself: false only for NaN, where both branches agree) makes it a
-  value computed once (``_computed_once``).
+  and compiled in about 50 s. The cotangent passed through ``_computed_once`` is computed once.
   """
   if not enabled() or len(xs) < 2:
     return jnp.concatenate(xs, axis=-1)
