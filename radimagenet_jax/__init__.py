@@ -8,9 +8,10 @@ Packages, from low to high (imports point one way; see README "Layout"):
 checkpoints, distributed -> models -> keras_io -> data -> train -> pretrain, finetune, evaluate,
 explain, export -> cli. Submodules are imported on first use, so `radimagenet-jax --help` stays fast.
 """
-from radimagenet_jax import _lazy, _xla_cpu_flags
+from radimagenet_jax import _host_malloc, _lazy, _xla_cpu_flags
 
 _xla_cpu_flags.apply()   # before JAX starts a backend: XLA:CPU convolutions on Eigen
+_host_malloc.apply()     # before JAX starts its threads: per-step buffers stay mapped
 
 __version__ = "0.1.0"
 
