@@ -240,3 +240,49 @@ def test_convolutions_leave_ynnpack_when_the_flag_is_set():
   assert " convolution(" in text and "__ynn_fusion" not in text, text
   dot = jax.jit(lambda a, b: a @ b).lower(jnp.ones((64, 64)), jnp.ones((64, 64))).compile()
   assert "__ynn_fusion" in dot.as_text()
+
+
+@pytest.mark.parametrize("hw,kernel,strides,padding", [
+    ((9, 11), (3, 3), (2, 2), "VALID"), ((8, 8), (3, 3), (2, 2), "SAME"),
+    ((17, 17), (7, 7), (2, 2), ((3, 3), (3, 3))), ((7, 5), (1, 3), (2, 1), ((0, 0), (2, 1))),
+    ((10, 10), (1, 1), (2, 2), "VALID"), ((11, 9), (2, 2), (3, 3), ((1, 2), (0, 1))),
+    ((2, 3), (3, 3), (2, 2), "SAME")])
+def test_strided_input_gradient_by_phases_equals_autodiff(hw, kernel, strides, padding):
+  """One stride-1 convolution per stride phase (conv_input_grad) gives autodiff's input gradient,
+  including taps that miss a phase (1x1/2), asymmetric pads and maps smaller than the kernel."""
+  from radimagenet_jax.models.conv_input_grad import strided_input_grad
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, *hw, 3)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(*kernel, 3, 4)), jnp.float32)
+  pads = (jax.lax.padtype_to_pads(hw, kernel, strides, padding) if isinstance(padding, str)
+          else padding)
+  y, vjp = jax.vjp(lambda x: jax.lax.conv_general_dilated(
+      x, k, strides, pads, dimension_numbers=("NHWC", "HWIO", "NHWC")), x)
+  g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+  np.testing.assert_allclose(strided_input_grad(g, k, x.shape, strides, pads), vjp(g)[0],
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_strided_convolution_gradient_has_no_dilated_convolution():
+  """XLA:CPU runs an input-dilated convolution (autodiff's input gradient of a strided one) in a
+  generic loop; the fast path's gradient has none, and equals the plain gradient."""
+  conv = nn.Conv(8, (3, 3), strides=(2, 2), padding="VALID",
+                 conv_general_dilated=fast_ops.conv_general_dilated)
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 9, 9, 4)), jnp.float32)
+  with fast_ops.forced(True):
+    v = conv.init(jax.random.key(0), x)
+    loss = lambda x: jnp.sum(jnp.sin(conv.apply(v, x)))
+    grad_jaxpr = jax.make_jaxpr(jax.grad(loss))(x)
+    fast = jax.grad(loss)(x)
+  plain = jax.grad(lambda x: jnp.sum(jnp.sin(nn.Conv(8, (3, 3), strides=(2, 2), padding="VALID")
+                                              .apply(v, x))))(x)
+
+  def dilations(eqns):
+    for eqn in eqns:
+      if eqn.primitive.name == "conv_general_dilated":
+        yield tuple(eqn.params["lhs_dilation"])
+      for sub in jax.core.jaxprs_in_params(eqn.params):
+        yield from dilations(sub.eqns)
+  found = list(dilations(grad_jaxpr.jaxpr.eqns))
+  assert found and all(d == (1, 1) for d in found), found
+  np.testing.assert_allclose(fast, plain, rtol=1e-5, atol=1e-5)

@@ -6,8 +6,9 @@ convolutions (36 of ResNet50's 53) as matrix products made the ResNet50 train st
 separable passes; DenseNet's nested concatenations with a gradient computed once
 (``concatenate``); convolutions padded onto XLA:CPU's fast paths (``_padded_conv``: InceptionV3
 1.44x, Inception-ResNet-v2 1.15x at 128 px); residual sums stored, not recomputed (``stored``:
-Inception-ResNet-v2 1.15x more). `layers.FlaxLayers` uses these; parameter names, shapes and
-initialisers are unchanged.
+Inception-ResNet-v2 1.15x more); the input gradients of strided convolutions by stride phase
+(``conv_input_grad``). `layers.FlaxLayers` uses these; parameter names, shapes and initialisers
+are unchanged.
 
 They are XLA:CPU remedies: on a GPU or TPU the plain ``lax.conv_general_dilated`` and
 ``reduce_window`` go to cuDNN / the TPU emitters, and each ``lax.cond`` (``_computed_once``) would
@@ -29,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from radimagenet_jax import _xla_cpu_flags
+from radimagenet_jax.models.conv_input_grad import strided_input_grad
 
 FAST_OPS_ENV = _xla_cpu_flags.FAST_OPS_ENV
 _CHOICES = ("auto", "on", "off")
@@ -96,12 +98,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   gradient reads: ResNet50's train step is 1.15x faster with the operands computed once (128 and
   224 px, batch 16; README "Performance on CPU").
   """
-  nhwc = (rhs.ndim == 4 and feature_group_count == 1 and dimension_numbers is not None
-          and tuple(getattr(dimension_numbers, "lhs_spec", ())) == (0, 3, 1, 2)
-          and tuple(getattr(dimension_numbers, "rhs_spec", ())) == (3, 2, 0, 1)
-          and tuple(getattr(dimension_numbers, "out_spec", ())) == (0, 3, 1, 2)
-          and all(d == 1 for d in (lhs_dilation or (1, 1)))
-          and all(d == 1 for d in (rhs_dilation or (1, 1))) and not kw)
+  nhwc = rhs.ndim == 4 and _plain_nhwc(dimension_numbers, lhs_dilation, rhs_dilation,
+                                        feature_group_count, kw)
   one_by_one = (enabled() and nhwc and rhs.shape[:2] == (1, 1)
                 and (padding in ("VALID", "SAME")
                      or all(tuple(p) == (0, 0) for p in padding)))
@@ -120,6 +118,16 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   if sh > 1 or sw > 1:
     lhs = lhs[:, ::sh, ::sw, :]
   return _channel_matmul(lhs, rhs[0, 0])
+
+
+def _plain_nhwc(dimension_numbers, lhs_dilation, rhs_dilation, feature_group_count, extra):
+  """An NHWC x HWIO -> NHWC convolution without dilation, groups or extra options."""
+  return (feature_group_count == 1 and dimension_numbers is not None
+          and tuple(getattr(dimension_numbers, "lhs_spec", ())) == (0, 3, 1, 2)
+          and tuple(getattr(dimension_numbers, "rhs_spec", ())) == (3, 2, 0, 1)
+          and tuple(getattr(dimension_numbers, "out_spec", ())) == (0, 3, 1, 2)
+          and all(d == 1 for d in (lhs_dilation or (1, 1)))
+          and all(d == 1 for d in (rhs_dilation or (1, 1))) and not extra)
 
 
 def _padded_conv(x, k, cfg):
@@ -186,6 +194,10 @@ def _cm_bwd(res, g):
 _channel_matmul.defvjp(_cm_fwd, _cm_bwd)
 
 
+_CONV_ARGS = ("window_strides", "padding", "lhs_dilation", "rhs_dilation", "dimension_numbers",
+              "feature_group_count", "precision")
+
+
 def _conv_fwd_only(x, k, cfg):
   return jax.lax.conv_general_dilated(x, k, **dict(cfg))
 
@@ -203,7 +215,17 @@ def _conv_fwd(x, k, cfg):
 def _conv_bwd(cfg, res, g):
   x, k = res
   g = _computed_once(g)
-  dx, = jax.vjp(lambda x: _conv_fwd_only(x, k, cfg), x)[1](g)
+  c = dict(cfg)
+  strides = tuple(c["window_strides"])
+  extra = {key: v for key, v in c.items() if key not in _CONV_ARGS}
+  if any(s > 1 for s in strides) and _plain_nhwc(c["dimension_numbers"], c["lhs_dilation"],
+                                                  c["rhs_dilation"], c["feature_group_count"], extra):
+    pads = c["padding"]
+    if isinstance(pads, str):
+      pads = jax.lax.padtype_to_pads(x.shape[1:3], k.shape[:2], strides, pads)
+    dx = strided_input_grad(g, k, x.shape, strides, pads)   # not a dilated convolution
+  else:
+    dx, = jax.vjp(lambda x: _conv_fwd_only(x, k, cfg), x)[1](g)
   x = _computed_once(x)
   dk, = jax.vjp(lambda k: _conv_fwd_only(x, k, cfg), k)[1](g)
   return dx, dk
