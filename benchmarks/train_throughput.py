@@ -58,6 +58,9 @@ def main(argv=None):
   p.add_argument("--cache", default="",
                  help="persistent compilation cache directory (default: off, a cold compile)")
   args = p.parse_args(argv)
+  if args.mode == "train":
+    import radimagenet_jax
+    radimagenet_jax.tune_host_malloc()   # as the training commands do, before JAX starts threads
   if args.cache:
     distributed.enable_compilation_cache(args.cache)
   peer = _start_peer(args) if args.peer != "none" else None

@@ -8,14 +8,17 @@ the step's time (README "Performance on CPU"). With one arena, no ``mmap`` for l
 trimming, freed blocks stay in the heap and the next step reuses them: no page faults after the
 first step, at the price of the process keeping its peak heap (as TensorFlow's allocator does).
 
-``apply`` calls ``mallopt`` (M_ARENA_MAX=1, M_MMAP_MAX=0, M_TRIM_THRESHOLD=max) before JAX starts
-its threads; ``radimagenet_jax/__init__.py`` calls it on import. It changes nothing when
+``apply`` (``radimagenet_jax.tune_host_malloc``) calls ``mallopt`` (M_ARENA_MAX=1, M_MMAP_MAX=0,
+M_TRIM_THRESHOLD=max); the training commands (``pretrain``, ``finetune``, ``sweep``) call it before
+JAX starts its threads. It is not applied on import: one arena also serialises the many small
+allocations of XLA's multi-threaded compiler and of Eigen's convolutions, which made compiles
+10-40% slower and the inference step of some models slower (InceptionV3 299 px 1.15x slower,
+DenseNet121 224 px slower; ResNet50 1.08x faster) on the 2-core machine. It changes nothing when
   * the C library is not glibc (macOS, musl): ``mallopt`` is not called,
   * ``GLIBC_TUNABLES`` sets ``glibc.malloc`` options or a ``MALLOC_*_`` variable is set (the
     user's choice wins),
   * ``RADIMAGENET_JAX_FAST_OPS=off`` (the switch for all CPU speed settings, models/fast_ops.py).
-Threads that allocated before the call keep their arenas, so import the package before creating
-JAX arrays (the same rule as for the XLA flag, ``_xla_cpu_flags``).
+Threads that allocated before the call keep their arenas, so call it before creating JAX arrays.
 """
 from __future__ import annotations
 

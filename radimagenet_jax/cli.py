@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from radimagenet_jax import _host_malloc
+
 
 def _config_command(argv, command, *, config_required=True, extra_flags=()):
   """Parses --config/--workdir/--config.key=value with ml_collections' absl flags.
@@ -247,6 +249,9 @@ _COMMANDS = {
 }
 
 
+# Commands that run train steps: glibc malloc options first (radimagenet_jax/_host_malloc.py).
+_TRAINING_COMMANDS = ("pretrain", "finetune", "sweep")
+
 # ValueError covers unknown names/modes, CheckpointMismatchError and file-format errors;
 # FloatingPointError is the NaN/Inf-loss stop; RuntimeError covers SourceFileError in builds.
 _USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, RuntimeError,
@@ -265,6 +270,8 @@ def main(argv=None):
     print(f"radimagenet-jax: unknown command {argv[0]!r}; valid commands: "
           f"{', '.join(_COMMANDS)}", file=sys.stderr)
     return 2
+  if argv[0] in _TRAINING_COMMANDS:
+    _host_malloc.apply()   # before JAX starts its threads: the steps' buffers stay mapped
   from radimagenet_jax.train import preemption
   try:
     _COMMANDS[argv[0]][0](argv[1:])

@@ -27,7 +27,8 @@ def test_wanted_rules():
 
 PROBE = textwrap.dedent("""
     import json, resource
-    import radimagenet_jax  # noqa: F401  (the malloc settings, on import)
+    import radimagenet_jax
+    radimagenet_jax.tune_host_malloc()   # what the training commands do first
     import jax, jax.numpy as jnp
     x = jnp.ones((16, 1024, 1024), jnp.float32)              # 64 MB: two 64 MB temporaries
     f = jax.jit(lambda x: jnp.sum(jnp.cumsum(x * 2.0, axis=0) * x, axis=(1, 2)))
