@@ -57,10 +57,12 @@ def main(argv=None):
                  help="keras peer: jit_compile (XLA) setting")
   p.add_argument("--cache", default="",
                  help="persistent compilation cache directory (default: off, a cold compile)")
+  p.add_argument("--host_malloc", action="store_true",
+                 help="set the glibc malloc options of RADIMAGENET_JAX_HOST_MALLOC=on first")
   args = p.parse_args(argv)
-  if args.mode == "train":
+  if args.host_malloc:
     import radimagenet_jax
-    radimagenet_jax.tune_host_malloc()   # as the training commands do, before JAX starts threads
+    radimagenet_jax.tune_host_malloc()   # as RADIMAGENET_JAX_HOST_MALLOC=on, before JAX's threads
   if args.cache:
     distributed.enable_compilation_cache(args.cache)
   peer = _start_peer(args) if args.peer != "none" else None

@@ -9,11 +9,13 @@ trimming, freed blocks stay in the heap and the next step reuses them: no page f
 first step, at the price of the process keeping its peak heap (as TensorFlow's allocator does).
 
 ``apply`` (``radimagenet_jax.tune_host_malloc``) calls ``mallopt`` (M_ARENA_MAX=1, M_MMAP_MAX=0,
-M_TRIM_THRESHOLD=max); the training commands (``pretrain``, ``finetune``, ``sweep``) call it before
-JAX starts its threads. It is not applied on import: one arena also serialises the many small
-allocations of XLA's multi-threaded compiler and of Eigen's convolutions, which made compiles
-10-40% slower and the inference step of some models slower (InceptionV3 299 px 1.15x slower,
-DenseNet121 224 px slower; ResNet50 1.08x faster) on the 2-core machine. It changes nothing when
+M_TRIM_THRESHOLD=max). It is opt-in: the training commands (``pretrain``, ``finetune``, ``sweep``)
+call it before JAX starts its threads when ``RADIMAGENET_JAX_HOST_MALLOC=on``. One arena also
+serialises the many allocations of XLA's multi-threaded compiler and of Eigen's convolutions: on
+the 2-core machine compiles took 10-40% longer, DenseNet121's train step at 224 px went from 3.1 to
+4.2-5.6 s and some inference steps were slower (InceptionV3 at 299 px 1.15x), while the train
+steps of ResNet50 (1.16x), InceptionV3 (1.14x) and Inception-ResNet-v2 (1.38x) gained.
+``apply`` itself changes nothing when
   * the C library is not glibc (macOS, musl): ``mallopt`` is not called,
   * ``GLIBC_TUNABLES`` sets ``glibc.malloc`` options or a ``MALLOC_*_`` variable is set (the
     user's choice wins),
@@ -30,6 +32,7 @@ from radimagenet_jax._xla_cpu_flags import FAST_OPS_ENV
 
 # glibc <malloc.h>
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
+SWITCH_ENV = "RADIMAGENET_JAX_HOST_MALLOC"   # 'on': the training commands call apply()
 SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1))   # -1: SIZE_MAX, never trim
 _MALLOC_ENV = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_",
                "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_")
@@ -44,6 +47,14 @@ def wanted(environ=os.environ, libc: str | None = None) -> bool:
   if libc is None:
     libc = platform.libc_ver()[0] if platform.system() == "Linux" else ""
   return libc == "glibc"
+
+
+def requested(environ=os.environ) -> bool:
+  """Whether the user asked the training commands for these options (``SWITCH_ENV=on``)."""
+  value = environ.get(SWITCH_ENV, "off").strip().lower()
+  if value not in ("on", "off"):
+    raise ValueError(f"{SWITCH_ENV}={value!r}: expected 'on' or 'off'")
+  return value == "on"
 
 
 def apply(environ=os.environ) -> bool:

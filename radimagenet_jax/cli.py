@@ -249,7 +249,8 @@ _COMMANDS = {
 }
 
 
-# Commands that run train steps: glibc malloc options first (radimagenet_jax/_host_malloc.py).
+# Commands that run train steps: glibc malloc options first when RADIMAGENET_JAX_HOST_MALLOC=on
+# (radimagenet_jax/_host_malloc.py).
 _TRAINING_COMMANDS = ("pretrain", "finetune", "sweep")
 
 # ValueError covers unknown names/modes, CheckpointMismatchError and file-format errors;
@@ -270,7 +271,7 @@ def main(argv=None):
     print(f"radimagenet-jax: unknown command {argv[0]!r}; valid commands: "
           f"{', '.join(_COMMANDS)}", file=sys.stderr)
     return 2
-  if argv[0] in _TRAINING_COMMANDS:
+  if argv[0] in _TRAINING_COMMANDS and _host_malloc.requested():
     _host_malloc.apply()   # before JAX starts its threads: the steps' buffers stay mapped
   from radimagenet_jax.train import preemption
   try:

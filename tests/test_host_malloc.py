@@ -14,6 +14,13 @@ import pytest
 from radimagenet_jax import _host_malloc as hm
 
 
+def test_switch():
+  assert not hm.requested({})                          # opt-in
+  assert hm.requested({"RADIMAGENET_JAX_HOST_MALLOC": "on"})
+  with pytest.raises(ValueError, match="RADIMAGENET_JAX_HOST_MALLOC='maybe'"):
+    hm.requested({"RADIMAGENET_JAX_HOST_MALLOC": "maybe"})
+
+
 def test_wanted_rules():
   assert hm.wanted({}, libc="glibc")
   assert not hm.wanted({}, libc="")                    # macOS, musl: nothing to set
@@ -28,7 +35,7 @@ def test_wanted_rules():
 PROBE = textwrap.dedent("""
     import json, resource
     import radimagenet_jax
-    radimagenet_jax.tune_host_malloc()   # what the training commands do first
+    radimagenet_jax.tune_host_malloc()   # what RADIMAGENET_JAX_HOST_MALLOC=on does
     import jax, jax.numpy as jnp
     x = jnp.ones((16, 1024, 1024), jnp.float32)              # 64 MB: two 64 MB temporaries
     f = jax.jit(lambda x: jnp.sum(jnp.cumsum(x * 2.0, axis=0) * x, axis=(1, 2)))
