@@ -1,4 +1,4 @@
-"""glibc malloc settings that keep XLA:CPU's per-step buffers mapped: set when the package is imported.
+"""glibc malloc settings that keep XLA:CPU's per-step buffers mapped (opt-in, for training).
 
 XLA:CPU allocates each run of a compiled step's temporary buffer (2.3 GB for ResNet50's train step
 at 224 px, batch 16) with ``posix_memalign`` on one of its worker threads. glibc serves such a
@@ -28,7 +28,7 @@ import ctypes
 import os
 import platform
 
-from radimagenet_jax._xla_cpu_flags import FAST_OPS_ENV
+from radimagenet_jax._xla_cpu_flags import fast_ops_setting
 
 # glibc <malloc.h>
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
@@ -40,7 +40,7 @@ _MALLOC_ENV = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_",
 
 def wanted(environ=os.environ, libc: str | None = None) -> bool:
   """Whether ``apply`` sets the options (see the module docstring)."""
-  if environ.get(FAST_OPS_ENV, "auto").strip().lower() == "off":
+  if fast_ops_setting(environ) == "off":
     return False
   if "glibc.malloc" in environ.get("GLIBC_TUNABLES", "") or any(k in environ for k in _MALLOC_ENV):
     return False

@@ -26,6 +26,12 @@ FAST_OPS_ENV = "RADIMAGENET_JAX_FAST_OPS"   # models/fast_ops.py's switch; 'off'
 _CHECKED = ((0, 10, 2), (0, 11, 0))
 
 
+def fast_ops_setting(environ=os.environ) -> str:
+  """``FAST_OPS_ENV`` as given, lower case ('auto' when unset or empty); 'off' turns off every CPU
+  speed setting of the package (this flag, models/fast_ops.py, _host_malloc.py)."""
+  return environ.get(FAST_OPS_ENV, "auto").strip().lower() or "auto"
+
+
 def _version(text: str) -> tuple[int, ...]:
   parts = []
   for piece in text.split(".")[:3]:
@@ -38,7 +44,7 @@ def wanted(environ=os.environ, jaxlib_version: str | None = None) -> bool:
   """Whether ``FLAG`` should be added to ``environ['XLA_FLAGS']`` (see the module docstring)."""
   if "xla_cpu_experimental_ynn_fusion_type" in environ.get("XLA_FLAGS", ""):
     return False
-  if environ.get(FAST_OPS_ENV, "auto").strip().lower() == "off":
+  if fast_ops_setting(environ) == "off":
     return False
   if jaxlib_version is None:
     try:

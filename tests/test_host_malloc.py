@@ -64,3 +64,19 @@ def test_buffers_stay_mapped_between_runs():
   off = probe_faults(RADIMAGENET_JAX_FAST_OPS="off")
   assert min(off[-8:]) > pages // 2, off               # glibc's default: fresh pages every run
   assert min(on[-8:]) < pages // 10, on                # the settings: the heap's pages reused
+
+
+@pytest.mark.parametrize("command,switch,expected", [
+    ("pretrain", "on", True), ("sweep", "on", True), ("pretrain", None, False),
+    ("evaluate", "on", False)])
+def test_training_commands_apply_the_options_when_asked(monkeypatch, command, switch, expected):
+  from radimagenet_jax import cli
+  calls = []
+  monkeypatch.setattr(hm, "apply", lambda: calls.append(True))
+  if switch is None:
+    monkeypatch.delenv(hm.SWITCH_ENV, raising=False)
+  else:
+    monkeypatch.setenv(hm.SWITCH_ENV, switch)
+  with pytest.raises(SystemExit):
+    cli.main([command, "--help"])
+  assert calls == ([True] if expected else [])

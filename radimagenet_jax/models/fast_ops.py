@@ -23,7 +23,6 @@ import contextlib
 import contextvars
 import functools
 import math
-import os
 
 import flax.linen as nn
 import jax
@@ -52,7 +51,7 @@ def enabled() -> bool:
   """Whether the CPU formulations are used (read at trace time; see the module docstring)."""
   if _FORCED.get() is not None:
     return _FORCED.get()
-  value = os.environ.get(FAST_OPS_ENV, "auto").strip().lower() or "auto"
+  value = _xla_cpu_flags.fast_ops_setting()
   if value not in _CHOICES:
     raise ValueError(f"{FAST_OPS_ENV}={value!r}: expected one of {', '.join(_CHOICES)}")
   return jax.default_backend() == "cpu" if value == "auto" else value == "on"
@@ -98,17 +97,16 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   gradient reads: ResNet50's train step is 1.15x faster with the operands computed once (128 and
   224 px, batch 16; README "Performance on CPU").
   """
-  nhwc = rhs.ndim == 4 and _plain_nhwc(dimension_numbers, lhs_dilation, rhs_dilation,
-                                        feature_group_count, kw)
+  cfg = dict(window_strides=tuple(window_strides),
+             padding=padding if isinstance(padding, str) else tuple(map(tuple, padding)),
+             lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+             dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+             precision=precision, **kw)
+  nhwc = rhs.ndim == 4 and _plain_nhwc(**cfg)
   one_by_one = (enabled() and nhwc and rhs.shape[:2] == (1, 1)
                 and (padding in ("VALID", "SAME")
                      or all(tuple(p) == (0, 0) for p in padding)))
   if not one_by_one:
-    cfg = dict(window_strides=tuple(window_strides),
-               padding=padding if isinstance(padding, str) else tuple(map(tuple, padding)),
-               lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-               dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
-               precision=precision, **kw)
     if not enabled():
       return _conv_fwd_only(lhs, rhs, tuple(cfg.items()))
     if not nhwc:
@@ -120,14 +118,25 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   return _channel_matmul(lhs, rhs[0, 0])
 
 
-def _plain_nhwc(dimension_numbers, lhs_dilation, rhs_dilation, feature_group_count, extra):
-  """An NHWC x HWIO -> NHWC convolution without dilation, groups or extra options."""
+def _plain_nhwc(*, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                feature_group_count, precision, **extra):
+  """Whether a convolution's ``cfg`` is NHWC x HWIO -> NHWC without dilation, groups or extra
+  options (strides, padding and precision are free)."""
+  del window_strides, padding, precision
   return (feature_group_count == 1 and dimension_numbers is not None
           and tuple(getattr(dimension_numbers, "lhs_spec", ())) == (0, 3, 1, 2)
           and tuple(getattr(dimension_numbers, "rhs_spec", ())) == (3, 2, 0, 1)
           and tuple(getattr(dimension_numbers, "out_spec", ())) == (0, 3, 1, 2)
           and all(d == 1 for d in (lhs_dilation or (1, 1)))
           and all(d == 1 for d in (rhs_dilation or (1, 1))) and not extra)
+
+
+def _explicit_pads(x, k, cfg):
+  """The convolution's padding as ((lo, hi), (lo, hi)) ints ('SAME' / 'VALID' resolved)."""
+  pads = cfg["padding"]
+  if isinstance(pads, str):
+    pads = jax.lax.padtype_to_pads(x.shape[1:3], k.shape[:2], cfg["window_strides"], pads)
+  return [tuple(int(v) for v in p) for p in pads]
 
 
 def _padded_conv(x, k, cfg):
@@ -143,10 +152,7 @@ def _padded_conv(x, k, cfg):
   in the forward pass or in the input gradient of a strided one.
   """
   strides, kernel, size = cfg["window_strides"], k.shape[:2], x.shape[1:3]
-  pads = cfg["padding"]
-  if isinstance(pads, str):
-    pads = jax.lax.padtype_to_pads(size, kernel, strides, pads)
-  pads = [tuple(int(v) for v in p) for p in pads]
+  pads = _explicit_pads(x, k, cfg)
   out = [(n + lo + hi - kk) // s + 1 for n, (lo, hi), kk, s in zip(size, pads, kernel, strides)]
   # XLA swaps the operands of a convolution (forward, or its input gradient, a convolution of the
   # output gradient with the kernel) whose kernel covers more positions than its input.
@@ -194,10 +200,6 @@ def _cm_bwd(res, g):
 _channel_matmul.defvjp(_cm_fwd, _cm_bwd)
 
 
-_CONV_ARGS = ("window_strides", "padding", "lhs_dilation", "rhs_dilation", "dimension_numbers",
-              "feature_group_count", "precision")
-
-
 def _conv_fwd_only(x, k, cfg):
   return jax.lax.conv_general_dilated(x, k, **dict(cfg))
 
@@ -216,14 +218,9 @@ def _conv_bwd(cfg, res, g):
   x, k = res
   g = _computed_once(g)
   c = dict(cfg)
-  strides = tuple(c["window_strides"])
-  extra = {key: v for key, v in c.items() if key not in _CONV_ARGS}
-  if any(s > 1 for s in strides) and _plain_nhwc(c["dimension_numbers"], c["lhs_dilation"],
-                                                  c["rhs_dilation"], c["feature_group_count"], extra):
-    pads = c["padding"]
-    if isinstance(pads, str):
-      pads = jax.lax.padtype_to_pads(x.shape[1:3], k.shape[:2], strides, pads)
-    dx = strided_input_grad(g, k, x.shape, strides, pads)   # not a dilated convolution
+  if any(s > 1 for s in c["window_strides"]) and _plain_nhwc(**c):
+    # not autodiff's convolution over the zero-dilated output gradient (conv_input_grad)
+    dx = strided_input_grad(g, k, x.shape, c["window_strides"], _explicit_pads(x, k, c))
   else:
     dx, = jax.vjp(lambda x: _conv_fwd_only(x, k, cfg), x)[1](g)
   x = _computed_once(x)
