@@ -78,35 +78,6 @@ def test_unpadded_stride_one_convolution_runs_padded():
     assert all("pad=" in w for w in windows) == on, windows
 
 
-def test_max_pool_fast_equals_plain(monkeypatch):
-  x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 11, 11, 3)), jnp.float32)
-  oracle = nn.max_pool(x, (3, 3), (2, 2), "VALID")
-  for mode in ("on", "off"):
-    monkeypatch.setenv(fast_ops.FAST_OPS_ENV, mode)
-    y, g = jax.value_and_grad(lambda x: jnp.sum(fast_ops.max_pool_valid(x, (3, 3), (2, 2)) ** 2))(x)
-    np.testing.assert_array_equal(fast_ops.max_pool_valid(x, (3, 3), (2, 2)), oracle)
-    g_oracle = jax.grad(lambda x: jnp.sum(nn.max_pool(x, (3, 3), (2, 2), "VALID") ** 2))(x)
-    np.testing.assert_allclose(g, g_oracle, rtol=1e-6)   # no ties in random data
-
-
-def test_max_pool_backward_does_not_recompute_its_input(monkeypatch):
-  """The separable pool's backward selects compare against the stored input, not against a
-  BatchNorm / ReLU recomputed in each select fusion."""
-  import re
-  def loss(x):
-    h = jnp.pad(_bn_relu(x), ((0, 0), (1, 1), (1, 1), (0, 0)))   # ResNet50's stem: pad, pool
-    return jnp.sum(jnp.sin(fast_ops.max_pool_valid(h, (3, 3), (2, 2))))
-  x = jnp.asarray(np.random.default_rng(7).normal(size=(2, 16, 16, 8)), jnp.float32)
-  def recomputing_selects():
-    with fast_ops.forced(True):
-      text = jax.jit(jax.grad(loss)).lower(x).compile().as_text()
-    return [c.split("\n", 1)[0][:50] for c in re.split(r"\n(?=\S)", text)
-            if c.count(" select(") >= 2 and " subtract(" in c]
-  assert not recomputing_selects()
-  monkeypatch.setattr(fast_ops, "_computed_once", lambda g: g)
-  assert recomputing_selects()      # without the stored input XLA:CPU does recompute it
-
-
 def test_mode_selection(monkeypatch):
   monkeypatch.setenv(fast_ops.FAST_OPS_ENV, "auto")
   assert fast_ops.enabled() == (jax.default_backend() == "cpu")

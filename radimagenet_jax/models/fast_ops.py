@@ -1,14 +1,13 @@
-"""Convolution and pooling formulated for XLA:CPU speed, numerically the Keras layers' results.
+"""Convolutions formulated for XLA:CPU speed, numerically the Keras layers' results.
 
 Measured with `benchmarks/train_throughput.py --peer keras` (README "Performance on CPU"): 1x1
 convolutions (36 of ResNet50's 53) as matrix products made the ResNet50 train step 1.42x faster at
-128 px; kernel gradients that read operands computed once, 1.15x more; 'valid' max pooling in two
-separable passes; DenseNet's nested concatenations with a gradient computed once
-(``concatenate``); convolutions padded onto XLA:CPU's fast paths (``_padded_conv``: InceptionV3
-1.44x, Inception-ResNet-v2 1.15x at 128 px); residual sums stored, not recomputed (``stored``:
-Inception-ResNet-v2 1.15x more); the input gradients of strided convolutions by stride phase
-(``conv_input_grad``). `layers.FlaxLayers` uses these; parameter names, shapes and initialisers
-are unchanged.
+128 px; kernel gradients that read operands computed once, 1.15x more; DenseNet's nested
+concatenations with a gradient computed once (``concatenate``); convolutions padded onto XLA:CPU's
+fast paths (``_padded_conv``: InceptionV3 1.44x, Inception-ResNet-v2 1.15x at 128 px); residual
+sums stored, not recomputed (``stored``: Inception-ResNet-v2 1.15x more); the input gradients of
+strided convolutions by stride phase (``conv_input_grad``). Pooling is in ``pooling.py``.
+`layers.FlaxLayers` uses these; parameter names, shapes and initialisers are unchanged.
 
 They are XLA:CPU remedies: on a GPU or TPU the plain ``lax.conv_general_dilated`` and
 ``reduce_window`` go to cuDNN / the TPU emitters, and each ``lax.cond`` (``_computed_once``) would
@@ -24,7 +23,6 @@ import contextvars
 import functools
 import math
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -265,31 +263,3 @@ def _concat_bwd(sizes, _, g):
 
 
 _concat.defvjp(_concat_fwd, _concat_bwd)
-
-
-def max_pool_valid(x, size, strides):
-  """'valid' max pooling (NHWC) as two separable passes of strided slices and maxima.
-
-  The maximum over rows of the window, then over its columns: the same values as
-  ``nn.max_pool``, but the gradient is a few elementwise selects instead of XLA's
-  reduce-window/argmax scatter (1.7x faster forward + backward on CPU for ResNet50's stem pool).
-  Where several window entries tie for the maximum the gradient is split between them
-  (``nn.max_pool`` and Keras give it all to one); its sum is the same. The input is stored
-  (``_computed_once``): otherwise XLA:CPU recomputes the BatchNorm and ReLU producing it inside the
-  backward pass's select fusion (InceptionV3 1.06x, ResNet50 1.03x at 128 px).
-  """
-  (kh, kw), (sh, sw) = size, strides
-  if not enabled():
-    return nn.max_pool(x, (kh, kw), (sh, sw), "VALID")
-  x = _computed_once(x)   # the input, stored: not recomputed by each of the selects below
-  n, h, w, c = x.shape
-  oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
-  rows = None
-  for i in range(kh):
-    s = jax.lax.slice(x, (0, i, 0, 0), (n, i + sh * (oh - 1) + 1, w, c), (1, sh, 1, 1))
-    rows = s if rows is None else jnp.maximum(rows, s)
-  out = None
-  for j in range(kw):
-    s = jax.lax.slice(rows, (0, 0, j, 0), (n, oh, j + sw * (ow - 1) + 1, c), (1, 1, sw, 1))
-    out = s if out is None else jnp.maximum(out, s)
-  return out

@@ -21,8 +21,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from radimagenet_jax.models.batchnorm import BATCH_STATS, KerasBatchNorm, bn_uses_running_average
-from radimagenet_jax.models.fast_ops import (concatenate, conv_general_dilated, max_pool_valid,
-                                             stored)
+from radimagenet_jax.models import pooling
+from radimagenet_jax.models.fast_ops import concatenate, conv_general_dilated, stored
 
 # Collections a model uses. Param paths are (collection, keras_layer_name, variable_name).
 PARAMS = "params"
@@ -142,15 +142,11 @@ class FlaxLayers:
 
   def max_pool(self, x, size, strides=None, padding="valid", *, name):
     strides = size if strides is None else strides
-    if padding.upper() == "VALID":
-      return self._tap(name, max_pool_valid(x, _pair(size), _pair(strides)))
-    return self._tap(name, nn.max_pool(x, _pair(size), _pair(strides), padding.upper()))
+    return self._tap(name, pooling.max_pool(x, _pair(size), _pair(strides), padding))
 
   def avg_pool(self, x, size, strides=None, padding="valid", *, name):
-    # Keras excludes the padding from the mean of 'same' average pools.
     strides = size if strides is None else strides
-    return self._tap(name, nn.avg_pool(x, _pair(size), _pair(strides), padding.upper(),
-                                       count_include_pad=False))
+    return self._tap(name, pooling.avg_pool(x, _pair(size), _pair(strides), padding))
 
 
 class LayerTable:
