@@ -6,8 +6,8 @@
 Builds a TFDS array_record dataset of 256x256 grayscale PNGs (random anatomy-like blobs) in a temp
 dir, TF-free, then times the work of one training image: read the record, PNG decode, resize
 (nearest), the 'paper' ImageDataGenerator augmentation, the 'radimagenet' preprocessing, batching:
-- grain: `pipeline.make_loader` over `pipeline.open_source(..., decode=False)`, with 0 workers (this
-  process) and with each --workers count (images/s total and per worker process), with the
+- grain: `pipeline.make_loader` over `tfds_source.open_source(..., decode=False)`, with 0 workers
+  (this process) and with each --workers count (images/s total and per worker process), with the
   preprocessing on the host, with `preprocess_on_device=True` (the workers ship uint8 /
   single-channel pixels and the jitted step preprocesses), and with `augment_on_device=True` too
   (the workers only draw the augmentation's parameters; the jitted step warps, then preprocesses;
@@ -106,15 +106,15 @@ def _time_plain_loop(raw_source, image_size: int, batches: int, batch_size: int)
 
 def _profile_stages(raw_source, image_size: int, augment_name: str, n: int = 200):
   """Milliseconds per image of each step, in this process (where the time goes)."""
-  from radimagenet_jax.data import augment, pipeline
+  from radimagenet_jax.data import augment, transforms
   from radimagenet_jax.data.preprocess import preprocess
   rng = np.random.default_rng(0)
   config = augment.get_config(augment_name)
   size = (image_size, image_size)
   steps = {
       "read record": lambda i, x: raw_source[i % len(raw_source)]["image"],
-      "PNG decode": lambda i, x: pipeline.decode_image(x),
-      "resize": lambda i, x: pipeline.resize(x, size),
+      "PNG decode": lambda i, x: transforms.decode_image(x),
+      "resize": lambda i, x: transforms.resize(x, size),
       "augment": lambda i, x: augment.random_transform(x, config, rng),
       # What a worker still does per image with augment_on_device (the output is not used on).
       "draw params": lambda i, x: (augment.transform_data(config, x.shape, rng), x)[1],
@@ -169,7 +169,7 @@ def main(argv=None):
 
 
 def _run(args, data_dir):
-  from radimagenet_jax.data import pipeline
+  from radimagenet_jax.data import pipeline, tfds_source
   start = time.perf_counter()
   cls = _make_builder_class(data_dir, args.num_images, args.source_size, args.rgb)
   builder = cls(data_dir=data_dir, file_format="array_record")
@@ -178,8 +178,8 @@ def _run(args, data_dir):
   print(f"dataset: {args.num_images} {'RGB' if args.rgb else 'grayscale'} "
         f"{args.source_size}x{args.source_size} PNGs, array_record in {data_dir} "
         f"({time.perf_counter() - start:.1f}s)")
-  raw = pipeline.open_source(cls.name, "train", data_dir, decode=False)
-  source = (pipeline.open_source(cls.name, "train", data_dir, decode=True)
+  raw = tfds_source.open_source(cls.name, "train", data_dir, decode=False)
+  source = (tfds_source.open_source(cls.name, "train", data_dir, decode=True)
             if args.decode_in_source else raw)
   read_options = None
   if args.read_threads is not None:

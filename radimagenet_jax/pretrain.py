@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from radimagenet_jax.data import pipeline
+from radimagenet_jax.data import tfds_source
 from radimagenet_jax.train import config as config_lib
 from radimagenet_jax.train import loop
 
@@ -22,8 +22,8 @@ def validate_config(config) -> None:
 
 
 def _open(config, split):
-  return pipeline.open_source(config.dataset, split, config.data_dir or None,
-                              build=config.build_dataset)
+  return tfds_source.open_source(config.dataset, split, config.data_dir or None,
+                                 build=config.build_dataset)
 
 
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
@@ -34,5 +34,5 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   train_source = _open(config, config.train_split)
   eval_source = _open(config, config.eval_split)
   task = loop.Task(train_source=train_source, eval_source=eval_source,
-                   class_names=pipeline.class_names(train_source))
+                   class_names=tfds_source.class_names(train_source))
   return loop.fit(config, workdir, task)

@@ -10,7 +10,7 @@ from PIL import Image
 import tensorflow_datasets as tfds
 
 from radimagenet_jax.data import build as build_lib
-from radimagenet_jax.data import pipeline
+from radimagenet_jax.data import tfds_source
 from radimagenet_jax.finetune import folds
 from tfds_builders.image_folder import image_folder
 
@@ -120,7 +120,7 @@ def test_sources_return_the_referenced_records(data):
       assert folds._text(record["file_name"]) + "#0" == examples[i].id
       assert folds._text(record["patient_id"]) == examples[i].group
       assert int(record["label"]) == examples[i].label
-  assert pipeline.class_names(sources["train"]) == ["benign", "malignant"]
+  assert tfds_source.class_names(sources["train"]) == ["benign", "malignant"]
   decoded = folds.make_sources(sets, "image_folder", data)["test"][0]["image"]
   assert decoded.shape == (8, 8, 3) and decoded.dtype == np.uint8
 

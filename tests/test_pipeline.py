@@ -7,7 +7,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from radimagenet_jax.data import augment as aug
-from radimagenet_jax.data import pipeline
+from radimagenet_jax.data import pipeline, tfds_source
 from radimagenet_jax.data.preprocess import preprocess
 
 N = 12
@@ -184,15 +184,15 @@ class PipelineTinyDs(tfds.core.GeneratorBasedBuilder):
 
 def test_open_source_reads_a_built_tfds_dataset(tmp_path):
   with pytest.raises(FileNotFoundError, match="pipeline_tiny_ds.*not built.*radimagenet-jax build"):
-    pipeline.open_source("pipeline_tiny_ds", "train", tmp_path)
+    tfds_source.open_source("pipeline_tiny_ds", "train", tmp_path)
   assert not list(tmp_path.iterdir())  # opening built nothing
   PipelineTinyDs(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
-  source = pipeline.open_source("pipeline_tiny_ds", "train", tmp_path)
+  source = tfds_source.open_source("pipeline_tiny_ds", "train", tmp_path)
   assert len(source) == 6
   record = source[0]
   assert record["image"].dtype == np.uint8 and record["image"].shape == (8, 8, 1)
   assert isinstance(record["label"], int) and isinstance(record["patient_id"], bytes)
-  raw = pipeline.open_source("pipeline_tiny_ds", "train", tmp_path, decode=False)
+  raw = tfds_source.open_source("pipeline_tiny_ds", "train", tmp_path, decode=False)
   assert isinstance(raw[0]["image"], bytes)
   kwargs = dict(batch_size=2, image_size=8, augment="paper", num_epochs=1, extra_keys=("mask",))
   decoded = list(pipeline.make_loader(source, **kwargs))
@@ -204,11 +204,11 @@ def test_open_source_reads_a_built_tfds_dataset(tmp_path):
     expected = preprocess(originals[int(record_id[1:])]["image"])
     np.testing.assert_array_equal(image, expected)
   with pytest.raises(ValueError, match="bad split 'test'.*train"):
-    pipeline.open_source("pipeline_tiny_ds", "test", tmp_path)
+    tfds_source.open_source("pipeline_tiny_ds", "test", tmp_path)
 
 
 def test_demo_lesion_data_through_the_loader(demo_data_dir):
-  source = pipeline.open_source("radimagenet_demo/lesion", "validation", demo_data_dir)
+  source = tfds_source.open_source("radimagenet_demo/lesion", "validation", demo_data_dir)
   kwargs = dict(batch_size=4, image_size=64, shuffle=False, num_epochs=1,
                 extra_keys=("mask", "source_id"))
   batch = next(iter(pipeline.make_loader(source, **kwargs)))
@@ -251,9 +251,9 @@ def test_preprocess_on_device_ships_pixels_that_preprocess_to_the_host_batches(a
 
 def test_open_source_builds_on_request_and_reads_the_class_names(tmp_path):
   with pytest.raises(FileNotFoundError, match="radimagenet-jax build"):
-    pipeline.open_source("radimagenet_demo/lesion", "test", tmp_path)
-  source = pipeline.open_source("radimagenet_demo/lesion", "test", tmp_path, build=True)
+    tfds_source.open_source("radimagenet_demo/lesion", "test", tmp_path)
+  source = tfds_source.open_source("radimagenet_demo/lesion", "test", tmp_path, build=True)
   assert len(source) == 90   # the documented test split
   builder = tfds.builder("radimagenet_demo/lesion", data_dir=str(tmp_path))
-  assert pipeline.class_names(source) == builder.info.features["label"].names
-  assert len(pipeline.class_names(source)) == 2
+  assert tfds_source.class_names(source) == builder.info.features["label"].names
+  assert len(tfds_source.class_names(source)) == 2

@@ -18,7 +18,7 @@ import tensorflow_datasets as tfds
 
 from radimagenet_jax import cli
 from radimagenet_jax.data import build
-from radimagenet_jax.data import pipeline
+from radimagenet_jax.data import tfds_source
 from radimagenet_jax.data.build import tfds_base
 from tfds_builders import testing_utils as tu
 
@@ -244,7 +244,7 @@ def test_killed_first_build_is_cleaned_by_open_with_build(stand_in, tmp_path, ca
   assert seen["recover"] == [] and len(seen["left"]) == 1
   assert sorted(os.listdir(folder)) == seen["left"] and seen["left"][0].startswith("incomplete.")
   with caplog.at_level("WARNING", logger="radimagenet_jax.data.build"):
-    source = pipeline.open_source("killable_stand_in", "train", data_dir, build=True)
+    source = tfds_source.open_source("killable_stand_in", "train", data_dir, build=True)
   assert len(source) == 6 and os.listdir(folder) == ["1.0.0"]
   assert seen["left"][0] in caplog.text and "interrupted build" in caplog.text
 

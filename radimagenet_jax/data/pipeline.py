@@ -1,17 +1,14 @@
 """grain input pipelines: TFDS array_record source -> decode, resize, augment, preprocess, batch.
 
-    from radimagenet_jax.data import pipeline
-    source = pipeline.open_source("radimagenet_demo/pretrain", "train", data_dir)
+    from radimagenet_jax.data import pipeline, tfds_source
+    source = tfds_source.open_source("radimagenet_demo/pretrain", "train", data_dir)
     loader = pipeline.make_loader(source, batch_size=32, image_size=224, augment="paper")
     iterator = iter(loader)
     batch = next(iterator)          # {'image': float32 (32, 224, 224, 3), 'label': int32 (32,)}
     state = iterator.get_state()    # bytes; iterator.set_state(state) resumes exactly
 
-The per-record work follows the official Keras feeding (FIDELITY.md "Input preprocessing"): decode,
-nearest-neighbour resize (`PIL.Image.NEAREST`, as `keras.utils.load_img` does; 'bilinear' optional),
-ImageDataGenerator augmentation on 0..255 float pixels (augment.py), then the preprocessing mode
-(preprocess.py). Grayscale images stay one channel through resize and augmentation (3x less work) and
-are replicated to three channels by the preprocessing, which is the same result as Keras' RGB loading.
+The per-record work (decode, resize, augment, preprocess) is in transforms.py; opening the TFDS
+source in tfds_source.py.
 
 With `augment_on_device` the workers only draw the augmentation's parameters and the jitted step
 warps (augment_device.py): the warp was the largest per-image cost left in the worker processes.
@@ -22,103 +19,15 @@ the Orbax helpers below) restores the exact next batches.
 """
 from __future__ import annotations
 
-import dataclasses
-import io
-import os
 from typing import Any, Sequence
 
 import grain
-import numpy as np
-import PIL.Image
 
 from radimagenet_jax.data import augment as augment_lib
 # `radimagenet_jax.data.preprocess` is the re-exported function, so import the names from the module.
 from radimagenet_jax.data.preprocess import MODES as PREPROCESS_MODES
-from radimagenet_jax.data.preprocess import preprocess
-
-RESIZE_METHODS = {"nearest": PIL.Image.NEAREST, "bilinear": PIL.Image.BILINEAR}
-
-
-def _default_data_dir() -> str:
-  return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
-
-
-def open_source(dataset: str, split: str, data_dir: str | os.PathLike | None = None, *,
-                decode: bool = True, build: bool = False):
-  """Opens a built TFDS dataset as a random-access source (`tfds.data_source`).
-
-  Args:
-    dataset: 'name' or 'name/config', e.g. 'radimagenet_demo/pretrain'.
-    split: a TFDS split expression, e.g. 'train', 'validation', 'train[:10%]'.
-    data_dir: TFDS data dir; default $TFDS_DATA_DIR or ~/tensorflow_datasets.
-    decode: True decodes images to uint8 numpy arrays in the source (TFDS uses PIL, no TensorFlow);
-      False leaves them as encoded PNG/JPEG bytes, which make_loader decodes.
-    build: build the dataset first with `data.build.build` (a no-op when it is built already);
-      by default nothing is built and a missing dataset is an error.
-
-  Returns:
-    A sequence of records: dicts of numpy arrays (images HxWxC uint8), Python ints (ClassLabel) and
-    bytes (Text).
-  """
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  if build:
-    from radimagenet_jax.data.build import once  # pylint: disable=g-import-not-at-top
-    once.ensure_built(dataset, data_dir=data_dir or None, progress=False)
-  data_dir = os.path.expanduser(os.fspath(data_dir)) if data_dir else _default_data_dir()
-  hint = (f"Build it first: radimagenet-jax build {dataset} --data_dir={data_dir}")
-  try:
-    builder = tfds.builder(dataset, data_dir=data_dir)
-  except Exception as e:  # DatasetNotFoundError, or a config/version that is not there
-    raise FileNotFoundError(f"dataset {dataset!r} is not built in data_dir {data_dir!r} "
-                            f"({type(e).__name__}: {str(e).splitlines()[0]}). {hint}") from e
-  if not builder.is_prepared():
-    raise FileNotFoundError(f"dataset {dataset!r} is not built in data_dir {data_dir!r} (no "
-                            f"{builder.data_dir}/dataset_info.json). {hint}")
-  file_format = str(builder.info.file_format.value if builder.info.file_format else None)
-  if file_format not in ("array_record", "parquet"):
-    raise ValueError(f"dataset {dataset!r} in {builder.data_dir} is stored as {file_format}, which "
-                     "has no random access; rebuild it with `radimagenet-jax build` (array_record).")
-  decoders = None
-  if not decode:
-    decoders = {name: tfds.decode.SkipDecoding() for name, feature in builder.info.features.items()
-                if isinstance(feature, tfds.features.Image)}
-  try:
-    return builder.as_data_source(split=split, decoders=decoders)
-  except (ValueError, KeyError) as e:
-    raise ValueError(f"dataset {dataset!r} in {builder.data_dir}: bad split {split!r}; splits: "
-                     f"{list(builder.info.splits)} ({e})") from e
-
-
-def class_names(source) -> list[str]:
-  """The 'label' class names of a source from `open_source` (its TFDS dataset_info)."""
-  return list(source.dataset_info.features["label"].names)
-
-
-def decode_image(value) -> np.ndarray:
-  """Encoded bytes (PNG/JPEG/...) or an array -> uint8 array (H, W) or (H, W, 3)."""
-  if isinstance(value, (bytes, bytearray, memoryview)):
-    with PIL.Image.open(io.BytesIO(value)) as img:
-      if img.mode in ("I;16", "I;16B", "I"):
-        raise ValueError(f"16/32-bit image (mode {img.mode}); the pipeline expects 8-bit images")
-      if img.mode not in ("L", "RGB"):
-        img = img.convert("L" if img.mode in ("1", "LA") else "RGB")
-      return np.asarray(img)
-  array = np.asarray(value)
-  if array.ndim == 3 and array.shape[-1] == 1:
-    array = array[..., 0]
-  if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] != 3):
-    raise ValueError(f"expected an image (H, W), (H, W, 1) or (H, W, 3), got shape {array.shape}")
-  return array
-
-
-def resize(image: np.ndarray, size: tuple[int, int], method: str = "nearest") -> np.ndarray:
-  """Resizes a uint8 (H, W[, C]) array to size=(height, width) with PIL, as keras load_img does."""
-  if image.shape[:2] == tuple(size):
-    return image
-  squeeze = image.ndim == 3 and image.shape[-1] == 1
-  pil = PIL.Image.fromarray(image[..., 0] if squeeze else image)
-  out = np.asarray(pil.resize((size[1], size[0]), resample=RESIZE_METHODS[method]))
-  return out[..., None] if squeeze else out
+from radimagenet_jax.data.transforms import (RESIZE_METHODS, Augment, AugmentParams, DecodeResize,
+                                             Finalize)
 
 
 def _ensure_absl_flags_parsed():
@@ -133,86 +42,6 @@ def _as_size(image_size) -> tuple[int, int]:
     return (image_size, image_size)
   height, width = image_size
   return (int(height), int(width))
-
-
-@dataclasses.dataclass(frozen=True)
-class DecodeResize(grain.transforms.Map):
-  """Decodes 'image' (and masks) and resizes them; masks always with nearest neighbour."""
-  image_size: tuple[int, int]
-  method: str = "nearest"
-  mask_keys: tuple[str, ...] = ()
-
-  def map(self, record):
-    out = dict(record)
-    out["image"] = resize(decode_image(record["image"]), self.image_size, self.method)
-    for key in self.mask_keys:
-      out[key] = resize(decode_image(record[key]), self.image_size, "nearest")
-    return out
-
-
-@dataclasses.dataclass(frozen=True)
-class Augment(grain.transforms.RandomMap):
-  """The ImageDataGenerator random affine (augment.py); the mask gets the same transform."""
-  config: augment_lib.AugmentConfig
-  mask_keys: tuple[str, ...] = ()
-
-  def random_map(self, record, rng: np.random.Generator):
-    out = dict(record)
-    if not self.mask_keys:
-      out["image"] = augment_lib.random_transform(record["image"], self.config, rng)
-      return out
-    params = augment_lib.random_params(self.config, record["image"].shape, rng)
-    cfg = self.config
-    out["image"] = augment_lib.apply_transform(record["image"], params,
-                                               order=cfg.interpolation_order,
-                                               fill_mode=cfg.fill_mode, cval=cfg.cval)
-    for key in self.mask_keys:
-      out[key] = augment_lib.apply_transform(record[key], params, order=0,
-                                             fill_mode=cfg.fill_mode, dtype=record[key].dtype)
-    return out
-
-
-@dataclasses.dataclass(frozen=True)
-class AugmentParams(grain.transforms.RandomMap):
-  """Augment's random draws without the warp: adds 'aug_matrix' float32 (2, 3) and 'aug_flip' bool
-  (2,) for the consumer's `augment_device.warp_batch` (make_loader(augment_on_device=True))."""
-  config: augment_lib.AugmentConfig
-
-  def random_map(self, record, rng: np.random.Generator):
-    out = dict(record)
-    out[augment_lib.MATRIX_KEY], out[augment_lib.FLIP_KEY] = augment_lib.transform_data(
-        self.config, record["image"].shape, rng)
-    return out
-
-
-@dataclasses.dataclass(frozen=True)
-class Finalize(grain.transforms.Map):
-  """Preprocessing mode, int32 label, masks as (H, W, 1) uint8, only the requested keys kept.
-
-  With on_device=True the image keeps its pixels (H, W, 1) or (H, W, 3), uint8 or (augmented)
-  float32 0..255, and the consumer applies `preprocess` on the accelerator.
-  """
-  mode: str
-  extra_keys: tuple[str, ...] = ()
-  mask_keys: tuple[str, ...] = ()
-  on_device: bool = False
-
-  def map(self, record):
-    if self.on_device:
-      image = np.asarray(record["image"])
-      image = image[..., None] if image.ndim == 2 else image
-    else:
-      image = preprocess(record["image"], self.mode)
-    out = {"image": image, "label": np.int32(record["label"])}
-    for key in (augment_lib.MATRIX_KEY, augment_lib.FLIP_KEY):  # from AugmentParams, if it ran
-      if key in record:
-        out[key] = record[key]
-    for key in self.extra_keys:
-      value = record[key]
-      if key in self.mask_keys:
-        value = np.ascontiguousarray(value).reshape(value.shape[:2] + (1,))
-      out[key] = value
-    return out
 
 
 class GlobalBatchSampler:

@@ -4,8 +4,8 @@ The paper splits every dataset by patient (FIDELITY.md "Splits 75/10/15 by patie
 ACL and meniscus use 5-fold cross-validation), so no patient's images are on both sides. Builders use
 these functions to make their TFDS splits; users can also split any source at pipeline time:
 
-    from radimagenet_jax.data import pipeline, splits
-    source = pipeline.open_source("busi", "train", data_dir)
+    from radimagenet_jax.data import splits, tfds_source
+    source = tfds_source.open_source("busi", "train", data_dir)
     ids = splits.read_key(source, "patient_id")
     names = splits.group_split(ids)                     # 'train' / 'validation' / 'test' per example
     train = splits.Subset(source, np.flatnonzero(names == "train"))

@@ -15,7 +15,7 @@ a workdir holding another command's run is refused before anything is written, s
 
 Records are read from the TFDS source directly (not through the grain loader) so that the original
 image and mask sizes are known; they are resized and preprocessed with the training pipeline's own
-functions (pipeline.resize, preprocess), so the network sees what it saw in training.
+functions (transforms.resize, preprocess), so the network sees what it saw in training.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ import jax
 import numpy as np
 
 from radimagenet_jax import models
-from radimagenet_jax.data import pipeline
+from radimagenet_jax.data import tfds_source, transforms
 from radimagenet_jax.data.preprocess import preprocess, to_rgb
 from radimagenet_jax.evaluate import paired as stats
 from radimagenet_jax.explain import checks, console
@@ -47,9 +47,9 @@ def _text(value) -> str:
 
 def load_records(config):
   """(source, num_classes) of the configured split; builds the demo data when asked to."""
-  source = pipeline.open_source(config.dataset, config.split, config.data_dir or None,
-                                build=config.build_dataset)
-  return source, config.num_classes or len(pipeline.class_names(source))
+  source = tfds_source.open_source(config.dataset, config.split, config.data_dir or None,
+                                   build=config.build_dataset)
+  return source, config.num_classes or len(tfds_source.class_names(source))
 
 
 def iterate_batches(source, config, preprocess_modes):
@@ -68,11 +68,11 @@ def iterate_batches(source, config, preprocess_modes):
         raise ValueError(f"{config.dataset}[{config.split}] record {i} has no "
                          f"{config.mask_key!r} feature (keys: {sorted(rec)}); set "
                          f"--config.mask_key.")
-      image = pipeline.decode_image(rec["image"])
-      mask = pipeline.decode_image(rec[config.mask_key])
+      image = transforms.decode_image(rec["image"])
+      mask = transforms.decode_image(rec[config.mask_key])
       resized.append(mask.shape[:2] != image.shape[:2])
-      raw.append(pipeline.resize(image, size, config.resize))
-      masks.append(pipeline.resize(mask.astype(np.uint8), size, "nearest"))
+      raw.append(transforms.resize(image, size, config.resize))
+      masks.append(transforms.resize(mask.astype(np.uint8), size, "nearest"))
       labels.append(int(rec["label"]))
       key = config.id_key or next((k for k in ID_KEYS if k in rec), None)
       ids.append(_text(rec[key]) if key else str(i))
@@ -88,7 +88,7 @@ def iterate_batches(source, config, preprocess_modes):
 def class_names(source, num_classes: int) -> list[str]:
   """The dataset's label names (TFDS), or '0', '1', ... for a source without dataset_info."""
   try:
-    names = [str(n) for n in pipeline.class_names(source)]
+    names = [str(n) for n in tfds_source.class_names(source)]
   except AttributeError:
     names = []
   return names + [str(i) for i in range(len(names), num_classes)]

@@ -30,7 +30,7 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
-from radimagenet_jax.data import pipeline
+from radimagenet_jax.data import tfds_source
 from radimagenet_jax.data import splits as splits_lib
 
 SETS = ("train", "validation", "test")
@@ -50,7 +50,7 @@ class Example(NamedTuple):
 
 class Subset(splits_lib.Subset):
   """A random-access view of some records of ``source`` (in the given order); a grain data source.
-  Forwards ``dataset_info`` (``pipeline.class_names``) when the source has one."""
+  Forwards ``dataset_info`` (``tfds_source.class_names``) when the source has one."""
 
   @property
   def dataset_info(self):
@@ -92,7 +92,7 @@ def _text(value) -> str:
 
 def read_examples(dataset: str, split: str, data_dir=None) -> list[Example]:
   """Every record of a TFDS split as an Example, without decoding images."""
-  source = pipeline.open_source(dataset, split, data_dir, decode=False)
+  source = tfds_source.open_source(dataset, split, data_dir, decode=False)
   n = len(source)
   if n == 0:
     return []
@@ -121,14 +121,14 @@ def available_splits(dataset: str, data_dir=None) -> list[str]:
   """The split names of a built dataset."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   resolved = (os.path.expanduser(os.fspath(data_dir)) if data_dir
-              else pipeline._default_data_dir())  # pylint: disable=protected-access
+              else tfds_source._default_data_dir())  # pylint: disable=protected-access
   try:
     builder = tfds.builder(dataset, data_dir=resolved)
     prepared = builder.is_prepared()
   except Exception:  # pylint: disable=broad-except
     prepared = False
   if not prepared:  # open_source raises its FileNotFoundError with the build command
-    pipeline.open_source(dataset, "train", data_dir, decode=False)
+    tfds_source.open_source(dataset, "train", data_dir, decode=False)
     raise FileNotFoundError(f"dataset {dataset!r} is not built in data_dir {resolved!r}")
   return list(builder.info.splits)
 
@@ -238,9 +238,9 @@ def summary(sets: dict[str, Sequence[Example]]) -> dict[str, dict]:
 def make_sources(sets: dict[str, Sequence[Example]], dataset: str, data_dir=None,
                  decode: bool = True) -> dict[str, Subset]:
   """{set name: Subset} over one ConcatSource of the TFDS splits the sets refer to (each split
-  opened once with ``pipeline.open_source(..., decode=decode)``)."""
+  opened once with ``tfds_source.open_source(..., decode=decode)``)."""
   split_names = sorted({e.split for examples in sets.values() for e in examples})
-  opened = [pipeline.open_source(dataset, s, data_dir, decode=decode) for s in split_names]
+  opened = [tfds_source.open_source(dataset, s, data_dir, decode=decode) for s in split_names]
   combined = ConcatSource(opened)
   offset = dict(zip(split_names, combined.offsets))
   return {name: Subset(combined, [offset[e.split] + e.index for e in examples])

@@ -20,7 +20,7 @@ from typing import Any
 import ml_collections
 
 from radimagenet_jax import checkpoints, distributed, evaluate, models
-from radimagenet_jax.data import pipeline
+from radimagenet_jax.data import tfds_source
 from radimagenet_jax.finetune import folds, freeze, init as init_lib
 from radimagenet_jax.train import config as config_lib
 from radimagenet_jax.train import evaluation, loop
@@ -85,7 +85,7 @@ def load_sets(config) -> tuple[dict, dict]:
   data_dir = config.data_dir or None
   fold = None if config.fold == "none" else int(config.fold)
   if config.build_dataset:
-    pipeline.open_source(config.dataset, "train", data_dir, build=True)
+    tfds_source.open_source(config.dataset, "train", data_dir, build=True)
   sets = folds.fold_splits(config.dataset, data_dir, fold,
                            config.num_folds if fold is not None else None, config.val_fraction,
                            config.seed)
@@ -99,7 +99,7 @@ def prepare(config, data: tuple[dict, dict] | None = None) -> Prepared:
   config = _with(config, preprocess=init_lib.preprocess_mode(config, label, path))
   spec = models.get_spec(config.model)
   sets, sources = data if data is not None else load_sets(config)
-  class_names = pipeline.class_names(sources["train"])
+  class_names = tfds_source.class_names(sources["train"])
   num_classes = config.num_classes or len(class_names)
 
   # ---- Starting weights, freeze mask, frozen BatchNorm layers ----

@@ -10,7 +10,7 @@ import ml_collections
 
 from radimagenet_jax import checkpoints as ckpt_lib
 from radimagenet_jax import distributed
-from radimagenet_jax.data import pipeline
+from radimagenet_jax.data import tfds_source
 from radimagenet_jax.train import config as config_lib
 from radimagenet_jax.train import loop, steps, summary as summary_lib
 from radimagenet_jax.train.evaluation import run_eval
@@ -40,8 +40,8 @@ def evaluate_workdir(workdir: str, *, step: int | None = None, split: str | None
   if step is None:
     raise FileNotFoundError(f"{workdir}: no checkpoint to evaluate; train first.")
   mesh = distributed.make_mesh()
-  source = pipeline.open_source(config.dataset, config.eval_split, config.data_dir or None)
-  class_names = pipeline.class_names(source)
+  source = tfds_source.open_source(config.dataset, config.eval_split, config.data_dir or None)
+  class_names = tfds_source.class_names(source)
   meta = ckpt_lib.read_metadata(workdir, step)
   num_classes = int(meta.get("num_classes") or config.num_classes or len(class_names))
   ckpt_lib.check_identity(meta, loop.identity(config, num_classes), workdir)

@@ -3,7 +3,7 @@
     from radimagenet_jax.data.build import once
     once.ensure_built("radimagenet_demo/pretrain", data_dir)   # every process of the job calls it
 
-`pipeline.open_source(..., build=True)` calls this. In a single process it is `build()`. In a
+`tfds_source.open_source(..., build=True)` calls this. In a single process it is `build()`. In a
 jax.distributed job (it calls `distributed.initialize()` itself) the processes agree through the
 job's key-value store (the coordination service that `jax.distributed.initialize` starts):
 
