@@ -20,7 +20,7 @@ import pytest
 from flax import traverse_util
 
 from radimagenet_jax import checkpoints, distributed, models
-from radimagenet_jax.finetune import freeze, parallel, sweep, sweep_command
+from radimagenet_jax.finetune import freeze, parallel, scenarios, sweep_command
 from radimagenet_jax.models import base
 from radimagenet_jax.train import batched, batched_loop, optim, state as state_lib, steps
 
@@ -147,8 +147,8 @@ def test_runs_group_by_everything_but_init_freeze_lr_and_preprocess():
     if spec.init == "big":
       c.image_size = 64
     return c
-  specs = sweep.expand(["resnet50", "densenet121"], [("all", 1e-3), ("head", 1e-2)],
-                       ["a", "b", "big"], folds=[0, 1])
+  specs = scenarios.expand(["resnet50", "densenet121"], [("all", 1e-3), ("head", 1e-2)],
+                           ["a", "b", "big"], folds=[0, 1])
   chunks = parallel.plan(specs, config_of, parallel_runs=3)
   assert sorted(s.name for c in chunks for s in c) == sorted(s.name for s in specs)
   assert all(1 <= len(c) <= 3 for c in chunks)
@@ -164,8 +164,8 @@ def test_runs_group_by_everything_but_init_freeze_lr_and_preprocess():
 
 # ---- Whole sweeps: parallel_runs=K against parallel_runs=1 ----------------------------------------
 # ("head" is in the step test above.) lr=inf: the parameters become NaN at the first update.
-SCENARIOS = (sweep.Scenario("all", 1e-3), sweep.Scenario("top3", 1e-2),
-             sweep.Scenario("all", math.inf))
+SCENARIOS = (scenarios.Scenario("all", 1e-3), scenarios.Scenario("top3", 1e-2),
+             scenarios.Scenario("all", math.inf))
 
 
 @pytest.fixture(scope="module")
@@ -186,10 +186,10 @@ def sweep_config(tmp_path_factory, demo_data_dir):
 
 @pytest.fixture(scope="module", autouse=True)
 def preset():
-  sweep.PRESETS["parallel_test"] = {"models": (TinyCNN.spec_name,), "folds": (0,),
-                                    "scenarios": SCENARIOS}
+  scenarios.PRESETS["parallel_test"] = {"models": (TinyCNN.spec_name,), "folds": (0,),
+                                        "scenarios": SCENARIOS}
   yield
-  sweep.PRESETS.pop("parallel_test", None)
+  scenarios.PRESETS.pop("parallel_test", None)
 
 
 def _sweep(config, workdir, k, **overrides):

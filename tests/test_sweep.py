@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from radimagenet_jax.finetune import sweep
+from radimagenet_jax.finetune import scenarios, sweep
 
 # FIDELITY.md "Downstream fine-tuning": 4 CNNs x {unfreeze all at 1e-3 and 1e-4; freeze all (head
 # only) at 1e-2 and 1e-3; top 10 layers at 1e-2 and 1e-3}.
@@ -54,53 +54,53 @@ def read_csv(workdir):
 
 
 def test_paper_preset_is_the_24_scenarios_per_init():
-  runs = sweep.preset_runs("paper", INITS)
+  runs = scenarios.preset_runs("paper", INITS)
   assert len(runs) == 48
   for init in INITS:
     mine = [(r.model, r.freeze, r.lr) for r in runs if r.init == init]
     assert len(mine) == 24 and set(mine) == FIDELITY_SCENARIOS
-  folds = sweep.preset_runs("paper", INITS, folds=range(5))
+  folds = scenarios.preset_runs("paper", INITS, folds=range(5))
   assert len(folds) == 240 and {r.fold for r in folds} == set(range(5))
   names = [r.name for r in folds]
   assert len(set(names)) == len(names)
   assert all(re.fullmatch(r"[A-Za-z0-9._-]+", n) for n in names)
   assert "resnet50-top10-lr0.01-radimagenet-fold0" in names
   assert "inception_resnet_v2-all-lr0.0001-imagenet" in {r.name for r in runs}
-  demo = sweep.preset_runs("demo", ("demo", "random"))
+  demo = scenarios.preset_runs("demo", ("demo", "random"))
   assert {(r.model, r.freeze) for r in demo} == {("resnet50", f) for f in ("all", "head", "top10")}
   assert len(demo) == 3 * 2 * 2 and {r.fold for r in demo} == {0, 1}
 
 
 def test_names_are_filesystem_safe_and_unique():
   rules = ["rules:^predictions/=train;.=freeze", "rules:^predictions/=train;^(?!pred)=freeze"]
-  runs = sweep.expand(["irv2"], [(r, 1e-3) for r in rules], ["imagenet", "my weights/v2"],
-                      [None, 3])
+  runs = scenarios.expand(["irv2"], [(r, 1e-3) for r in rules], ["imagenet", "my weights/v2"],
+                          [None, 3])
   names = [r.name for r in runs]
   assert len(set(names)) == len(names) == 8
   assert all(re.fullmatch(r"[A-Za-z0-9._-]+", n) for n in names)
   assert all(r.model == "inception_resnet_v2" for r in runs)
   with pytest.raises(ValueError, match="listed twice"):
-    sweep.expand(["resnet50"], [("all", 1e-3)] * 2, ["imagenet"])
+    scenarios.expand(["resnet50"], [("all", 1e-3)] * 2, ["imagenet"])
   with pytest.raises(ValueError, match="unknown freeze mode 'freeze_all'"):
-    sweep.expand(["resnet50"], [("freeze_all", 1e-3)], ["imagenet"])
+    scenarios.expand(["resnet50"], [("freeze_all", 1e-3)], ["imagenet"])
   with pytest.raises(ValueError, match="Unknown model"):
-    sweep.expand(["vgg16"], [("all", 1e-3)], ["imagenet"])
+    scenarios.expand(["vgg16"], [("all", 1e-3)], ["imagenet"])
 
 
 def test_shards_are_disjoint_and_cover():
-  runs = sweep.preset_runs("paper", INITS, folds=range(5))
+  runs = scenarios.preset_runs("paper", INITS, folds=range(5))
   for n in (1, 2, 3, 7):
-    parts = [sweep.shard(runs, f"{i}/{n}") for i in range(n)]
+    parts = [scenarios.shard(runs, f"{i}/{n}") for i in range(n)]
     assert sorted(r.name for p in parts for r in p) == sorted(r.name for r in runs)
     assert max(map(len, parts)) - min(map(len, parts)) <= 1
-    assert parts == [sweep.shard(runs, f"{i}/{n}") for i in range(n)]
+    assert parts == [scenarios.shard(runs, f"{i}/{n}") for i in range(n)]
   for bad in ("4/4", "1", "a/b", "-1/2", "0/0", "1/2/3"):
     with pytest.raises(ValueError, match=f"shard {re.escape(repr(bad))}: expected 'i/n'"):
-      sweep.shard(runs, bad)
+      scenarios.shard(runs, bad)
 
 
 def test_interrupted_sweep_resumes_and_skips_finished_runs(tmp_path):
-  runs = sweep.preset_runs("demo", ("demo",))
+  runs = scenarios.preset_runs("demo", ("demo",))
   first = FakeRun(interrupt_at=4)
   with pytest.raises(KeyboardInterrupt):
     sweep.run_sweep(settings(runs), tmp_path, runs, first, log=lambda _: None)
@@ -117,7 +117,7 @@ def test_interrupted_sweep_resumes_and_skips_finished_runs(tmp_path):
 
 
 def test_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path):
-  runs = sweep.preset_runs("demo", ("demo",))
+  runs = scenarios.preset_runs("demo", ("demo",))
   fake = FakeRun(fail={runs[1].name})
   rows = sweep.run_sweep(settings(runs), tmp_path, runs, fake, log=lambda _: None)
   assert fake.calls == [r.name for r in runs]
@@ -148,10 +148,10 @@ def _snapshot(root):
 
 
 def test_another_sweep_is_refused_and_nothing_is_written(tmp_path):
-  runs = sweep.preset_runs("demo", ("demo",))
+  runs = scenarios.preset_runs("demo", ("demo",))
   sweep.run_sweep(settings(runs, epochs=3), tmp_path, runs[:2], FakeRun(), log=lambda _: None)
   before = _snapshot(tmp_path)
-  others = sweep.preset_runs("demo", ("demo", "random"))
+  others = scenarios.preset_runs("demo", ("demo", "random"))
   fake = FakeRun()
   with pytest.raises(ValueError, match=r"holds another sweep: sweep.json differs in \['dataset', "
                                        r"'inits'\]"):
@@ -165,9 +165,9 @@ def test_another_sweep_is_refused_and_nothing_is_written(tmp_path):
 
 
 def test_results_csv_equals_the_run_directories_of_all_shards(tmp_path):
-  runs = sweep.preset_runs("paper", ("radimagenet",), folds=(0, 1))[:10]
+  runs = scenarios.preset_runs("paper", ("radimagenet",), folds=(0, 1))[:10]
   for i in range(3):  # three "hosts" sharing one directory
-    sweep.run_sweep(settings(runs), tmp_path, sweep.shard(runs, f"{i}/3"), FakeRun(),
+    sweep.run_sweep(settings(runs), tmp_path, scenarios.shard(runs, f"{i}/3"), FakeRun(),
                     log=lambda _: None)
   rows = read_csv(tmp_path)
   assert list(rows[0]) == list(sweep.RESULT_COLUMNS)

@@ -4,9 +4,11 @@
 - `freeze`: freeze modes (all, head, top<N>, rules) as trainable masks and frozen BatchNorm layers;
 - `folds`: cross-validation sources (test fold, validation carved out by patient), split audits;
 - `run`: one fine-tuning run on the training engine (`radimagenet-jax finetune`);
-- `sweep`: the 24 scenarios x inits x folds, resumable and shardable; `sweep_command` runs them
-  (`radimagenet-jax sweep`).
+- `scenarios`: the 24 scenarios x inits x folds as runs (presets, run names, shards);
+- `sweep`: those runs, resumable, with sweep.json and results.csv; `sweep_command` runs them
+  (`radimagenet-jax sweep`); `parallel`: groups of runs batched in one step (`parallel_runs`).
 """
 from radimagenet_jax import _lazy
 
-__getattr__ = _lazy.attach(__name__, ("folds", "freeze", "init", "run", "sweep", "sweep_command"))
+__getattr__ = _lazy.attach(__name__, ("folds", "freeze", "init", "parallel", "run", "scenarios",
+                                      "sweep", "sweep_command"))

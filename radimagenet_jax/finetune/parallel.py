@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 from radimagenet_jax import checkpoints
 from radimagenet_jax.finetune import run as run_lib
-from radimagenet_jax.finetune import sweep
+from radimagenet_jax.finetune import scenarios
 from radimagenet_jax.train import batched_loop, preemption
 
 # Config fields that differ between runs that batch together.
@@ -43,11 +43,11 @@ def group_key(config) -> str:
   return json.dumps(values, sort_keys=True, default=str)
 
 
-def plan(specs: Sequence[sweep.RunSpec], config_of: Callable[[sweep.RunSpec], object],
-         parallel_runs: int) -> list[list[sweep.RunSpec]]:
+def plan(specs: Sequence[scenarios.RunSpec], config_of: Callable[[scenarios.RunSpec], object],
+         parallel_runs: int) -> list[list[scenarios.RunSpec]]:
   """The runs in chunks of at most ``parallel_runs`` sharing a `group_key`, in the order of each
   group's first run."""
-  groups: dict[str, list[sweep.RunSpec]] = {}
+  groups: dict[str, list[scenarios.RunSpec]] = {}
   for spec in specs:
     groups.setdefault(group_key(config_of(spec)), []).append(spec)
   return [members[i:i + parallel_runs] for members in groups.values()
@@ -62,8 +62,8 @@ def _by_start(run_dirs: Sequence[str]) -> list[list[int]]:
   return list(parts.values())
 
 
-def run_chunk(specs: Sequence[sweep.RunSpec], run_dirs: Sequence[str],
-              config_of: Callable[[sweep.RunSpec], object]) -> list[BaseException | None]:
+def run_chunk(specs: Sequence[scenarios.RunSpec], run_dirs: Sequence[str],
+              config_of: Callable[[scenarios.RunSpec], object]) -> list[BaseException | None]:
   """Trains one chunk (runs of one group); per run None (done) or the exception that failed it."""
   errors: list[BaseException | None] = [None] * len(specs)
   prepared: dict[int, run_lib.Prepared] = {}

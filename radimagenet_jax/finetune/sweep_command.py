@@ -7,7 +7,8 @@ The config names the preset (`sweep`: paper | demo), the models (`sweep_models`)
 compared in order, candidate first (`sweep_inits`, e.g. `radimagenet,imagenet`, each a label of
 `config.inits` or `random`) and the folds (`sweep_folds`: all | none | 0,1,...). Every run gets the
 sweep's config with its model, init, freeze mode, learning rate and fold set, in
-`<workdir>/runs/<name>/`; see `finetune.sweep` for resume, shards and results.csv.
+`<workdir>/runs/<name>/`; see `finetune.scenarios` for presets and shards, `finetune.sweep` for
+resume and results.csv.
 `--config.parallel_runs=K` (K > 1) trains up to K runs of one architecture, input size and fold
 in one compiled step (`finetune.parallel`), with the same per-run results.
 """
@@ -17,7 +18,7 @@ import ml_collections
 
 from radimagenet_jax import distributed
 from radimagenet_jax.finetune import parallel, run as run_lib
-from radimagenet_jax.finetune import sweep
+from radimagenet_jax.finetune import scenarios, sweep
 
 
 def _list(text: str) -> list[str]:
@@ -32,23 +33,23 @@ def folds_of(config) -> list[int | None]:
   return [int(f) for f in _list(config.sweep_folds)]
 
 
-def plan(config) -> tuple[dict, list[sweep.RunSpec]]:
+def plan(config) -> tuple[dict, list[scenarios.RunSpec]]:
   """(sweep settings for sweep.json, this shard's runs), checked before anything runs."""
   inits = _list(config.sweep_inits)
   if not inits:
     raise ValueError("config.sweep_inits is empty; expected e.g. 'radimagenet,imagenet'.")
-  runs = sweep.preset_runs(config.sweep, inits, folds=folds_of(config),
-                           models=_list(config.sweep_models))
+  runs = scenarios.preset_runs(config.sweep, inits, folds=folds_of(config),
+                               models=_list(config.sweep_models))
   settings = {"dataset": config.dataset, "models": sorted({r.model for r in runs}),
               "scenarios": sorted({tuple(r.scenario) for r in runs}), "inits": inits,
               "folds": sorted({r.fold for r in runs}, key=lambda f: -1 if f is None else f),
               "init_order": inits, "preset": config.sweep,
               "image_size": config.image_size, "num_epochs": config.num_epochs,
               "batch_size": config.batch_size}
-  return settings, sweep.shard(runs, config.shard)
+  return settings, scenarios.shard(runs, config.shard)
 
 
-def run_config(config, spec: sweep.RunSpec) -> ml_collections.ConfigDict:
+def run_config(config, spec: scenarios.RunSpec) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict(config.to_dict())
   c.model, c.init, c.freeze, c.learning_rate = spec.model, spec.init, spec.freeze, spec.lr
   c.fold = "none" if spec.fold is None else str(spec.fold)
