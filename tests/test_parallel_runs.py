@@ -22,7 +22,7 @@ from flax import traverse_util
 from radimagenet_jax import checkpoints, distributed, models
 from radimagenet_jax.finetune import freeze, parallel, scenarios, sweep_command
 from radimagenet_jax.models import base
-from radimagenet_jax.train import batched, batched_loop, optim, state as state_lib, steps
+from radimagenet_jax.train import batched, optim, state as state_lib, steps
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
                       "finetune.py")
