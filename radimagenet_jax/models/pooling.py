@@ -29,11 +29,8 @@ def _taps(x, size, strides, out):
                         (1, sh, sw, 1)) for i in range(kh) for j in range(kw)]
 
 
-def _same_pads(length, k, s):
-  """TF / XLA 'SAME': output ceil(length / s), the padding split with the extra one after."""
-  out = -(-length // s)
-  total = max((out - 1) * s + k - length, 0)
-  return out, (total // 2, total - total // 2)
+def _out_size(hw, size, strides, pads):
+  return tuple((n + lo + hi - k) // s + 1 for n, k, s, (lo, hi) in zip(hw, size, strides, pads))
 
 
 def _in_bounds(length, k, s, out, before):
@@ -58,33 +55,30 @@ def avg_pool(x, size, strides, padding):
   padding = padding.upper()
   if not enabled() or kh * kw > _MAX_TAPS or padding not in ("SAME", "VALID"):
     return nn.avg_pool(x, (kh, kw), (sh, sw), padding, count_include_pad=False)
-  _, h, w, _ = x.shape
-  if padding == "SAME":
-    (oh, ph), (ow, pw) = _same_pads(h, kh, sh), _same_pads(w, kw, sw)
-  else:
-    (oh, ph), (ow, pw) = ((h - kh) // sh + 1, (0, 0)), ((w - kw) // sw + 1, (0, 0))
+  # TF / XLA 'SAME' (the odd padding row after) or 'VALID' (none), as ((lo, hi), (lo, hi)) ints
+  pads = tuple(tuple(int(v) for v in p)
+               for p in jax.lax.padtype_to_pads(x.shape[1:3], size, strides, padding))
   if (sh, sw) == (1, 1):
-    return _stride1_avg(x, (kh, kw), (ph, pw))
-  return _window_mean(x, (kh, kw), (sh, sw), (ph, pw), _inverse_count((h, w), (kh, kw), (sh, sw),
-                                                                     (oh, ow), (ph, pw)))
+    return _stride1_avg(x, (kh, kw), pads)
+  return _window_mean(x, size, strides, pads, _inverse_count(x.shape[1:3], size, strides, pads))
 
 
-def _inverse_count(hw, size, strides, out, pads):
+def _inverse_count(hw, size, strides, pads):
   """1 / (window entries inside the input), per output position, as a (1, oh, ow, 1) array."""
+  out = _out_size(hw, size, strides, pads)
   rows, cols = (_in_bounds(n, k, s, o, p[0]) for n, k, s, o, p in zip(hw, size, strides, out, pads))
   return (1.0 / np.outer(rows, cols))[None, :, :, None]
 
 
 def _window_mean(x, size, strides, pads, inverse_count):
   xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-  first, *rest = _taps(xp, size, strides, inverse_count.shape[1:3])
-  return sum(rest, first) * jnp.asarray(inverse_count, x.dtype)
+  total = functools.reduce(jnp.add, _taps(xp, size, strides, inverse_count.shape[1:3]))
+  return total * jnp.asarray(inverse_count, x.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def _stride1_avg(x, size, pads):
-  out = tuple(n + p[0] + p[1] - k + 1 for n, p, k in zip(x.shape[1:3], pads, size))
-  return _window_mean(x, size, (1, 1), pads, _inverse_count(x.shape[1:3], size, (1, 1), out, pads))
+  return _window_mean(x, size, (1, 1), pads, _inverse_count(x.shape[1:3], size, (1, 1), pads))
 
 
 def _stride1_avg_fwd(x, size, pads):
@@ -96,11 +90,10 @@ def _stride1_avg_bwd(size, pads, _, g):
   t < k, i.e. a window sum of g / count zero-padded by k - 1 - p on each side (the pads swapped).
   The padded gradient is stored, so the slices read it without bounds checks."""
   hw = tuple(o - p[0] - p[1] + k - 1 for o, p, k in zip(g.shape[1:3], pads, size))
-  inverse_count = _inverse_count(hw, size, (1, 1), g.shape[1:3], pads)
+  inverse_count = _inverse_count(hw, size, (1, 1), pads)
   swapped = tuple((k - 1 - p[0], k - 1 - p[1]) for k, p in zip(size, pads))
   gp = stored(jnp.pad(g * jnp.asarray(inverse_count, g.dtype), ((0, 0), *swapped, (0, 0))))
-  first, *rest = _taps(gp, size, (1, 1), hw)
-  return (sum(rest, first),)
+  return (functools.reduce(jnp.add, _taps(gp, size, (1, 1), hw)),)
 
 
 _stride1_avg.defvjp(_stride1_avg_fwd, _stride1_avg_bwd)
@@ -129,14 +122,7 @@ def max_pool_valid(x, size, strides):
   if not enabled():
     return nn.max_pool(x, (kh, kw), (sh, sw), "VALID")
   x = stored(x)   # the input, stored: not recomputed by each of the selects below
-  n, h, w, c = x.shape
-  oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
-  rows = None
-  for i in range(kh):
-    s = jax.lax.slice(x, (0, i, 0, 0), (n, i + sh * (oh - 1) + 1, w, c), (1, sh, 1, 1))
-    rows = s if rows is None else jnp.maximum(rows, s)
-  out = None
-  for j in range(kw):
-    s = jax.lax.slice(rows, (0, 0, j, 0), (n, oh, j + sw * (ow - 1) + 1, c), (1, 1, sw, 1))
-    out = s if out is None else jnp.maximum(out, s)
-  return out
+  _, h, w, _ = x.shape
+  oh, ow = _out_size((h, w), size, strides, ((0, 0), (0, 0)))
+  rows = functools.reduce(jnp.maximum, _taps(x, (kh, 1), (sh, 1), (oh, w)))
+  return functools.reduce(jnp.maximum, _taps(rows, (1, kw), (1, sw), (oh, ow)))
