@@ -129,6 +129,11 @@ def _plain_nhwc(*, window_strides, padding, lhs_dilation, rhs_dilation, dimensio
           and all(d == 1 for d in (rhs_dilation or (1, 1))) and not extra)
 
 
+def window_output_size(hw, window, strides, pads):
+  """Output (height, width) of a convolution or pooling window over ``hw`` with explicit pads."""
+  return tuple((n + lo + hi - k) // s + 1 for n, k, s, (lo, hi) in zip(hw, window, strides, pads))
+
+
 def _explicit_pads(x, k, cfg):
   """The convolution's padding as ((lo, hi), (lo, hi)) ints ('SAME' / 'VALID' resolved)."""
   pads = cfg["padding"]
@@ -151,7 +156,7 @@ def _padded_conv(x, k, cfg):
   """
   strides, kernel, size = cfg["window_strides"], k.shape[:2], x.shape[1:3]
   pads = _explicit_pads(x, k, cfg)
-  out = [(n + lo + hi - kk) // s + 1 for n, (lo, hi), kk, s in zip(size, pads, kernel, strides)]
+  out = window_output_size(size, kernel, strides, pads)
   # XLA swaps the operands of a convolution (forward, or its input gradient, a convolution of the
   # output gradient with the kernel) whose kernel covers more positions than its input.
   # (A dimension the kernel spans exactly, unpadded and unstrided, is a plain contraction: skipped.)

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from radimagenet_jax.models.fast_ops import enabled, stored
+from radimagenet_jax.models.fast_ops import enabled, stored, window_output_size
 
 _MAX_TAPS = 16   # larger windows (e.g. 7x7) keep reduce_window: one slice per window entry
 
@@ -27,10 +27,6 @@ def _taps(x, size, strides, out):
   n, _, _, c = x.shape
   return [jax.lax.slice(x, (0, i, j, 0), (n, i + sh * (oh - 1) + 1, j + sw * (ow - 1) + 1, c),
                         (1, sh, sw, 1)) for i in range(kh) for j in range(kw)]
-
-
-def _out_size(hw, size, strides, pads):
-  return tuple((n + lo + hi - k) // s + 1 for n, k, s, (lo, hi) in zip(hw, size, strides, pads))
 
 
 def _in_bounds(length, k, s, out, before):
@@ -65,7 +61,7 @@ def avg_pool(x, size, strides, padding):
 
 def _inverse_count(hw, size, strides, pads):
   """1 / (window entries inside the input), per output position, as a (1, oh, ow, 1) array."""
-  out = _out_size(hw, size, strides, pads)
+  out = window_output_size(hw, size, strides, pads)
   rows, cols = (_in_bounds(n, k, s, o, p[0]) for n, k, s, o, p in zip(hw, size, strides, out, pads))
   return (1.0 / np.outer(rows, cols))[None, :, :, None]
 
@@ -123,6 +119,6 @@ def max_pool_valid(x, size, strides):
     return nn.max_pool(x, (kh, kw), (sh, sw), "VALID")
   x = stored(x)   # the input, stored: not recomputed by each of the selects below
   _, h, w, _ = x.shape
-  oh, ow = _out_size((h, w), size, strides, ((0, 0), (0, 0)))
+  oh, ow = window_output_size((h, w), size, strides, ((0, 0), (0, 0)))
   rows = functools.reduce(jnp.maximum, _taps(x, (kh, 1), (sh, 1), (oh, w)))
   return functools.reduce(jnp.maximum, _taps(rows, (1, kw), (1, sw), (oh, ow)))
