@@ -22,7 +22,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
+
+from radimagenet_jax import _host_malloc  # noqa: E402
 
 
 def _time(fn, repeats):
@@ -59,6 +60,7 @@ def main(argv=None):
   p.add_argument("--batch", type=int, default=16)
   p.add_argument("--repeats", type=int, default=3, help="best of N timed runs")
   args = p.parse_args(argv)
+  _host_malloc.apply_unless_off()   # as the commands do, before JAX starts
   import radimagenet_jax as rij
   names = args.models or rij.models.names()
   print(f"Grad-CAM, {args.size}x{args.size}, batch {args.batch}, backend "

@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from radimagenet_jax import distributed  # noqa: E402
+from radimagenet_jax import _host_malloc, distributed  # noqa: E402
 from radimagenet_jax.models import registry  # noqa: E402
 from radimagenet_jax.train import optim, state as state_lib, steps  # noqa: E402
 
@@ -57,12 +57,8 @@ def main(argv=None):
                  help="keras peer: jit_compile (XLA) setting")
   p.add_argument("--cache", default="",
                  help="persistent compilation cache directory (default: off, a cold compile)")
-  p.add_argument("--host_malloc", action="store_true",
-                 help="set the glibc malloc options of RADIMAGENET_JAX_HOST_MALLOC=on first")
   args = p.parse_args(argv)
-  if args.host_malloc:
-    import radimagenet_jax
-    radimagenet_jax.tune_host_malloc()   # as RADIMAGENET_JAX_HOST_MALLOC=on, before JAX's threads
+  _host_malloc.apply_unless_off()   # as the commands do, before JAX starts
   if args.cache:
     distributed.enable_compilation_cache(args.cache)
   peer = _start_peer(args) if args.peer != "none" else None

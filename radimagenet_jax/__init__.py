@@ -11,8 +11,8 @@ explain, export -> cli. Submodules are imported on first use, so `radimagenet-ja
 from radimagenet_jax import _host_malloc, _lazy, _xla_cpu_flags
 
 _xla_cpu_flags.apply()   # before JAX starts a backend: XLA:CPU convolutions on Eigen
-# glibc malloc options for training (per-step buffers stay mapped), opt-in: the training commands
-# call it with RADIMAGENET_JAX_HOST_MALLOC=on, before JAX starts its threads (README "Performance on CPU").
+# Steps on the calling thread + glibc malloc options (per-step buffers stay mapped): the commands that
+# run steps call it unless RADIMAGENET_JAX_HOST_MALLOC=off; a script calls it before creating arrays.
 tune_host_malloc = _host_malloc.apply
 
 __version__ = "0.1.0"

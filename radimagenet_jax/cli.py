@@ -249,10 +249,6 @@ _COMMANDS = {
 }
 
 
-# Commands that run train steps: glibc malloc options first when RADIMAGENET_JAX_HOST_MALLOC=on
-# (radimagenet_jax/_host_malloc.py).
-_TRAINING_COMMANDS = ("pretrain", "finetune", "sweep")
-
 # ValueError covers unknown names/modes, CheckpointMismatchError and file-format errors;
 # FloatingPointError is the NaN/Inf-loss stop; RuntimeError covers SourceFileError in builds.
 _USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, RuntimeError,
@@ -271,8 +267,8 @@ def main(argv=None):
     print(f"radimagenet-jax: unknown command {argv[0]!r}; valid commands: "
           f"{', '.join(_COMMANDS)}", file=sys.stderr)
     return 2
-  if argv[0] in _TRAINING_COMMANDS and _host_malloc.requested():
-    _host_malloc.apply()   # before JAX starts its threads: the steps' buffers stay mapped
+  if argv[0] in _host_malloc.STEP_COMMANDS:
+    _host_malloc.apply_unless_off()   # before JAX starts: step buffers stay mapped (_host_malloc.py)
   from radimagenet_jax.train import preemption
   try:
     _COMMANDS[argv[0]][0](argv[1:])

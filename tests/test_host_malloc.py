@@ -1,5 +1,5 @@
-"""radimagenet_jax._host_malloc: when the glibc settings apply, and that with them a compiled
-step's buffers stop page-faulting after the first runs (and fault on every run without them)."""
+"""radimagenet_jax._host_malloc: when the settings apply, and that with them a compiled step's
+buffers stop page-faulting after the first runs (and fault on every run without them)."""
 from __future__ import annotations
 
 import json
@@ -15,8 +15,9 @@ from radimagenet_jax import _host_malloc as hm
 
 
 def test_switch():
-  assert not hm.requested({})                          # opt-in
+  assert hm.requested({})                              # on by default
   assert hm.requested({"RADIMAGENET_JAX_HOST_MALLOC": "on"})
+  assert not hm.requested({"RADIMAGENET_JAX_HOST_MALLOC": " OFF"})
   with pytest.raises(ValueError, match="RADIMAGENET_JAX_HOST_MALLOC='maybe'"):
     hm.requested({"RADIMAGENET_JAX_HOST_MALLOC": "maybe"})
 
@@ -30,13 +31,23 @@ def test_wanted_rules():
   assert hm.wanted({"GLIBC_TUNABLES": "glibc.rtld.optional_static_tls=1"}, libc="glibc")
   assert not hm.wanted({"MALLOC_ARENA_MAX": "2"}, libc="glibc")
   assert not hm.wanted({"MALLOC_TRIM_THRESHOLD_": "0"}, libc="glibc")
+  assert not hm.wanted({"JAX_CPU_ENABLE_ASYNC_DISPATCH": "1"}, libc="glibc")
+
+
+def test_does_nothing_once_jax_has_started():
+  import jax
+  jax.numpy.zeros(1).block_until_ready()               # this process's backends are up
+  before = jax.config.read("jax_cpu_enable_async_dispatch")
+  assert hm.apply({}) is False
+  assert jax.config.read("jax_cpu_enable_async_dispatch") == before
 
 
 PROBE = textwrap.dedent("""
     import json, resource
     import radimagenet_jax
-    radimagenet_jax.tune_host_malloc()   # what RADIMAGENET_JAX_HOST_MALLOC=on does
+    applied = radimagenet_jax.tune_host_malloc()   # what the commands do
     import jax, jax.numpy as jnp
+    assert jax.config.read("jax_cpu_enable_async_dispatch") is not applied
     x = jnp.ones((16, 1024, 1024), jnp.float32)              # 64 MB: two 64 MB temporaries
     f = jax.jit(lambda x: jnp.sum(jnp.cumsum(x * 2.0, axis=0) * x, axis=(1, 2)))
     faults = []
@@ -50,7 +61,8 @@ PROBE = textwrap.dedent("""
 
 def probe_faults(**env):
   full = {k: v for k, v in os.environ.items()
-          if k not in ("GLIBC_TUNABLES", "RADIMAGENET_JAX_FAST_OPS") and not k.startswith("MALLOC_")}
+          if k not in ("GLIBC_TUNABLES", "RADIMAGENET_JAX_FAST_OPS", "JAX_CPU_ENABLE_ASYNC_DISPATCH")
+          and not k.startswith("MALLOC_")}
   full.update(env, JAX_PLATFORMS="cpu", XLA_FLAGS="")
   out = subprocess.run([sys.executable, "-c", PROBE], env=full, capture_output=True, text=True,
                        timeout=300, check=True)
@@ -67,12 +79,12 @@ def test_buffers_stay_mapped_between_runs():
 
 
 @pytest.mark.parametrize("command,switch,expected", [
-    ("pretrain", "on", True), ("sweep", "on", True), ("pretrain", None, False),
-    ("evaluate", "on", False)])
-def test_training_commands_apply_the_options_when_asked(monkeypatch, command, switch, expected):
+    ("pretrain", None, True), ("sweep", "on", True), ("evaluate", None, True),
+    ("gradcam", None, True), ("pretrain", "off", False), ("export", None, False)])
+def test_step_commands_apply_the_options_unless_off(monkeypatch, command, switch, expected):
   from radimagenet_jax import cli
   calls = []
-  monkeypatch.setattr(hm, "apply", lambda: calls.append(True))
+  monkeypatch.setattr(hm, "apply", lambda environ=None: calls.append(True))
   if switch is None:
     monkeypatch.delenv(hm.SWITCH_ENV, raising=False)
   else:
