@@ -34,9 +34,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from radimagenet_jax import _host_malloc, models  # noqa: E402
+from radimagenet_jax.finetune.scenarios import PAPER_MODELS  # noqa: E402
 from radimagenet_jax.train import batched, state as state_lib  # noqa: E402
 
-PAPER_MODELS = ("resnet50", "densenet121", "inception_v3", "inception_resnet_v2")
 BUSI = dict(images=780, folds=5, val_fraction=0.1, epochs=30, runs_per_group=12, groups_per_model=5)
 
 

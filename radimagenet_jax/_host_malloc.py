@@ -16,7 +16,7 @@ peak heap (as TensorFlow's allocator does). The other threads keep their own are
 multi-threaded compiler and Eigen's convolutions allocate as before (an earlier version forced
 one arena for all threads, which slowed compiles and DenseNet121).
 
-The commands that run steps (``STEP_COMMANDS``) and the step benchmarks call it at start
+The commands that run steps (``cli._STEP_COMMANDS``) and the step benchmarks call it at start
 (``apply_unless_off``) unless ``RADIMAGENET_JAX_HOST_MALLOC=off``. ``apply`` changes nothing, and returns False, when
   * the C library is not glibc (macOS, musl),
   * ``GLIBC_TUNABLES`` sets ``glibc.malloc`` options, a ``MALLOC_*`` variable is set, or
@@ -39,7 +39,6 @@ from radimagenet_jax._xla_cpu_flags import fast_ops_setting
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
 SWITCH_ENV = "RADIMAGENET_JAX_HOST_MALLOC"   # 'off': the commands leave malloc and dispatch alone
 SETTINGS = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1))   # -1: SIZE_MAX, never trim
-STEP_COMMANDS = ("pretrain", "finetune", "sweep", "evaluate", "gradcam")
 _DISPATCH_ENV = "JAX_CPU_ENABLE_ASYNC_DISPATCH"
 _MALLOC_ENV = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_",
                "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_")

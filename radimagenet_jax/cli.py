@@ -249,6 +249,9 @@ _COMMANDS = {
 }
 
 
+# Commands that run compiled steps: they keep the steps' buffers mapped (_host_malloc.py).
+_STEP_COMMANDS = ("pretrain", "finetune", "sweep", "evaluate", "gradcam")
+
 # ValueError covers unknown names/modes, CheckpointMismatchError and file-format errors;
 # FloatingPointError is the NaN/Inf-loss stop; RuntimeError covers SourceFileError in builds.
 _USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, RuntimeError,
@@ -267,7 +270,7 @@ def main(argv=None):
     print(f"radimagenet-jax: unknown command {argv[0]!r}; valid commands: "
           f"{', '.join(_COMMANDS)}", file=sys.stderr)
     return 2
-  if argv[0] in _host_malloc.STEP_COMMANDS:
+  if argv[0] in _STEP_COMMANDS:
     _host_malloc.apply_unless_off()   # before JAX starts: step buffers stay mapped (_host_malloc.py)
   from radimagenet_jax.train import preemption
   try:
