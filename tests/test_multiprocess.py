@@ -3,7 +3,8 @@ process, data sharding, failures, SIGTERM and kill -9 with exact resume, the com
 
 Every run is `launch/local.sh 2 4 -- pretrain --config=tests/multiprocess_util.py ...`: 2 processes
 x 4 simulated CPU devices, `configs/pretrain.py:tiny` on the demo data with a one-conv model (see
-tests/multiprocess_util.py), 16 steps with a checkpoint every 4. The runs share one compile cache
+tests/multiprocess_util.py), 16 steps with a checkpoint every 4 (every step in the interrupted
+runs). The runs share one compile cache
 (RADIMAGENET_JAX_CACHE) and a 10 s heartbeat timeout.
 
 Equality with one process needs the global batch of every step to hold the same examples in the
@@ -27,6 +28,11 @@ STEPS, CKPT_EVERY = 16, 4
 OVERRIDES = (f"--config.num_train_steps={STEPS}", f"--config.checkpoint_every={CKPT_EVERY}",
              "--config.log_every=4")
 BOUND_S = 90  # a surviving process must be gone this long after the other failed
+# The interrupted runs checkpoint every step (an interval that may change on resume; parameters do
+# not depend on it): the tiny model's steps take milliseconds, so with one checkpoint every 4 the
+# signal could land so late that no checkpoint was left between the stop and the last step.
+INTERRUPTED = tuple(o for o in OVERRIDES if "checkpoint_every" not in o) + (
+    "--config.checkpoint_every=1",)
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +131,7 @@ def test_a_failed_build_stops_every_process_with_the_builders_error(job):
 def _interrupt_after_checkpoint(job, workdir, logs, after_step, sig, process):
   """Starts the run, sends `sig` to `process` once a checkpoint later than `after_step` exists,
   waits for local.sh; returns (status, console, Launch, seconds from the signal to the end)."""
-  launch = mp.Launch(2, 4, mp.pretrain_args(workdir, *OVERRIDES), job["env"], logs)
+  launch = mp.Launch(2, 4, mp.pretrain_args(workdir, *INTERRUPTED), job["env"], logs)
   try:
     def later_checkpoint():
       step = checkpoints.latest_step(workdir) if (workdir / "checkpoints").is_dir() else None
