@@ -5,7 +5,7 @@ at 224 px, batch 16; about 3.8 GB for Inception-ResNet-v2's at 299 px) with ``po
 the thread that runs the program. With JAX's default asynchronous dispatch that is one of the CPU
 client's worker threads, whose glibc arena cannot hold such a block: glibc serves it from a fresh
 ``mmap`` and unmaps it on ``free``, so every step page-faults and zeroes gigabytes again (590,000
-page faults per ResNet50 step, 927,000 per Inception-ResNet-v2 step; README "Performance on CPU").
+page faults per ResNet50 step, 927,000 per Inception-ResNet-v2 step; benchmarks/CPU.md).
 
 ``apply`` (``radimagenet_jax.tune_host_malloc``) makes the step run on the calling thread
 (``jax_cpu_enable_async_dispatch=False``, which JAX honours for single-device programs) and tells

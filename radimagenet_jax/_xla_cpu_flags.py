@@ -4,7 +4,7 @@ jaxlib 0.10's XLA:CPU sends convolutions to YNNPACK by default. Its 3x3 convolut
 gradients are slower than Eigen's: with ``--xla_cpu_experimental_ynn_fusion_type=
 -individual_convolution`` (YNNPACK keeps the matrix products, Eigen takes the convolutions) the
 train step is 1.38x faster for ResNet50 at 224 px and 1.15-1.26x for the other three models at
-128 px, inference 1.14x (README "Performance on CPU").
+128 px, inference 1.14x (benchmarks/CPU.md).
 
 XLA reads ``XLA_FLAGS`` once, when JAX starts its first backend, so this must run before that:
 ``radimagenet_jax/__init__.py`` calls it on import (importing ``jax`` does not start a backend;

@@ -1,6 +1,6 @@
 """Convolutions formulated for XLA:CPU speed, numerically the Keras layers' results.
 
-Measured with `benchmarks/train_throughput.py --peer keras` (README "Performance on CPU"): 1x1
+Measured with `benchmarks/train_throughput.py --peer keras` (benchmarks/CPU.md): 1x1
 convolutions (36 of ResNet50's 53) as matrix products made the ResNet50 train step 1.42x faster at
 128 px; kernel gradients that read operands computed once, 1.15x more; DenseNet's nested
 concatenations with a gradient computed once (``concatenate``); convolutions padded onto XLA:CPU's
@@ -93,7 +93,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   (backward) computations that produce them into the transposed copy the kernel-gradient product
   needs, recomputing them in transposed, cache-hostile order next to the plain-order pass the input
   gradient reads: ResNet50's train step is 1.15x faster with the operands computed once (128 and
-  224 px, batch 16; README "Performance on CPU").
+  224 px, batch 16; benchmarks/CPU.md).
   """
   cfg = dict(window_strides=tuple(window_strides),
              padding=padding if isinstance(padding, str) else tuple(map(tuple, padding)),
