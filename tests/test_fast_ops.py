@@ -189,11 +189,12 @@ def test_xla_cpu_flag_rules():
   assert not xf.apply(env, "0.10.2")                       # once
   for env, version in [({"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=dot"}, "0.10.2"),
                        ({"RADIMAGENET_JAX_FAST_OPS": "off"}, "0.10.2"),
-                       ({}, "0.9.2"), ({}, "0.11.0"), ({}, "0.12.0.1"), ({}, "0.10.1")]:
+                       ({}, "0.9.2"), ({}, "0.13.0"), ({}, "1.0.0"), ({}, "0.10.1")]:
     before = dict(env)
     assert not xf.apply(env, version), (env, version)
     assert env == before
-  assert xf.apply({}, "0.10.3rc1")
+  for version in ("0.10.3rc1", "0.11.2", "0.12.0.1"):
+    assert xf.apply({}, version), version
 
 
 def test_convolutions_leave_ynnpack_when_the_flag_is_set():
