@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from radimagenet_jax.models.batchnorm import KerasBatchNorm
+from tests.jaxpr_walk import equations
 
 EPS, MOMENTUM = 1e-3, 0.99
 
@@ -61,15 +62,8 @@ def test_training_mode_matches_float64_closed_form(use_scale):
 
 def full_size_reductions(fn, x):
   """reduce_sum equations of fn's gradient jaxpr whose operand has x's size."""
-  jaxpr = jax.make_jaxpr(jax.grad(fn))(x)
-
-  def walk(eqns):
-    for eqn in eqns:
-      if eqn.primitive.name == "reduce_sum" and eqn.invars[0].aval.size == x.size:
-        yield eqn
-      for sub in jax.core.jaxprs_in_params(eqn.params):
-        yield from walk(sub.eqns)
-  return len(list(walk(jaxpr.jaxpr.eqns)))
+  return sum(1 for eqn in equations(jax.make_jaxpr(jax.grad(fn))(x))
+             if eqn.primitive.name == "reduce_sum" and eqn.invars[0].aval.size == x.size)
 
 
 def test_backward_skips_the_variance_mean_path():

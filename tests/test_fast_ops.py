@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from radimagenet_jax.models import fast_ops
+from tests.jaxpr_walk import equations
 
 DN = jax.lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
 
@@ -248,13 +249,7 @@ def test_strided_convolution_gradient_has_no_dilated_convolution():
     fast = jax.grad(loss)(x)
   plain = jax.grad(lambda x: jnp.sum(jnp.sin(nn.Conv(8, (3, 3), strides=(2, 2), padding="VALID")
                                               .apply(v, x))))(x)
-
-  def dilations(eqns):
-    for eqn in eqns:
-      if eqn.primitive.name == "conv_general_dilated":
-        yield tuple(eqn.params["lhs_dilation"])
-      for sub in jax.core.jaxprs_in_params(eqn.params):
-        yield from dilations(sub.eqns)
-  found = list(dilations(grad_jaxpr.jaxpr.eqns))
+  found = [tuple(eqn.params["lhs_dilation"]) for eqn in equations(grad_jaxpr)
+           if eqn.primitive.name == "conv_general_dilated"]
   assert found and all(d == (1, 1) for d in found), found
   np.testing.assert_allclose(fast, plain, rtol=1e-5, atol=1e-5)

@@ -77,8 +77,10 @@ def test_unknown_variable_kinds_fall_back_to_model_init():
   got = models.init_variables(model, jax.random.key(0), 2)
   want = model.init({"params": jax.random.key(0), "dropout": jax.random.key(0)},
                     jnp.zeros((1, 2, 2, 3)))
-  np.testing.assert_array_equal(got["params"]["Embed_0"]["embedding"],
-                                want["params"]["Embed_0"]["embedding"])
+  # model.init's own law and key; jitted here, eager there: equal up to float rounding (1 ulp
+  # apart in jax 0.12's normal sampler)
+  np.testing.assert_allclose(got["params"]["Embed_0"]["embedding"],
+                             want["params"]["Embed_0"]["embedding"], rtol=1e-6, atol=0)
 
 
 def test_a_parameter_does_not_depend_on_which_others_exist():
