@@ -5,7 +5,8 @@
     python benchmarks/segments.py --model inception_resnet_v2 --mode train --reps 4 \
         --peer keras --peer_python venv-tf/bin/python
 
-Each prefix of the network (the stem, then up to the end of each stage) is compiled as its own
+Each prefix of the network (up to the end of the stem, then of each stage: ``STAGES``, any of the
+four models) is compiled as its own
 program; the prefixes are timed alternately in one process (median of ``--reps``), and a segment's
 time is the difference of two consecutive prefixes' medians. ``--mode infer``: the forward pass in
 inference mode; ``--mode train``: forward + backward of ``mean(features ** 2)`` with BatchNorm in
@@ -26,52 +27,46 @@ import time
 # Runnable from a checkout without `pip install -e .`.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-# model -> [(our stage name, the Keras layer that ends it)]; the Keras name None: the second
-# max pool (auto-numbered in Keras)
+# model -> the layers that end its stages (our stable names); the last is the notop output.
 STAGES = {
-    "inception_v3": [("stem", None), ("mixed2", "mixed2"), ("mixed7", "mixed7"),
-                     ("mixed10", "mixed10")],
-    "inception_resnet_v2": [("mixed_5b", "mixed_5b"), ("mixed_6a", "mixed_6a"),
-                            ("mixed_7a", "mixed_7a"), ("conv_7b", "conv_7b_ac")],
+    "resnet50": ["pool1_pool", "conv2_block3_out", "conv3_block4_out", "conv4_block6_out",
+                 "conv5_block3_out"],
+    "densenet121": ["pool1", "pool2_pool", "pool3_pool", "pool4_pool", "relu"],
+    "inception_v3": ["stem_pool_5a", "mixed2", "mixed7", "mixed10"],
+    "inception_resnet_v2": ["mixed_5b", "mixed_6a", "mixed_7a", "conv_7b_ac"],
 }
+# Our stable names that Keras auto-numbers: the Keras model's n-th max pool.
+_KERAS_MAX_POOL = {"stem_pool_5a": 1}
 
 
-def _iv3_prefix(L, x, cut):
-  from radimagenet_jax.models import inception_v3 as m
-  x = m.stem(L, L.input(x, name="input_layer"))
-  if cut == "stem":
-    return x
-  for i, c in enumerate((32, 64, 64)):
-    x = m.mixed_35x35(L, x, c, name=f"mixed{i}")
-  if cut == "mixed2":
-    return x
-  x = m.mixed3(L, x)
-  for i, c in zip(range(4, 8), (128, 160, 160, 192)):
-    x = m.mixed_17x17(L, x, c, name=f"mixed{i}")
-  if cut == "mixed7":
-    return x
-  return m.mixed_8x8(L, m.mixed_8x8(L, m.mixed8(L, x), 0), 1)
+def _prefix_model(base, stop: str):
+  """``base`` (a registered model class) cut after the layer named ``stop``: the backbone runs
+  through the same block functions and stops at that layer's ``tap`` (nothing after it is traced)."""
+  import flax.linen as nn
+  from radimagenet_jax.models.layers import FlaxLayers
 
+  class _Stop(Exception):
+    def __init__(self, x):
+      super().__init__(stop)
+      self.x = x
 
-def _irv2_prefix(L, x, cut):
-  from radimagenet_jax.models import inception_resnet_v2 as m
-  x = m.mixed_5b(L, m.stem(L, L.input(x, name="input_layer")))
-  if cut == "mixed_5b":
-    return x
-  for i in range(1, 11):
-    x = m.inception_resnet_block(L, x, m.BLOCK_SCALES["block35"], "block35", i)
-  x = m.mixed_6a(L, x)
-  if cut == "mixed_6a":
-    return x
-  for i in range(1, 21):
-    x = m.inception_resnet_block(L, x, m.BLOCK_SCALES["block17"], "block17", i)
-  x = m.mixed_7a(L, x)
-  if cut == "mixed_7a":
-    return x
-  for i in range(1, 10):
-    x = m.inception_resnet_block(L, x, m.BLOCK_SCALES["block8"], "block8", i)
-  x = m.inception_resnet_block(L, x, 1.0, "block8", 10, activation=None)
-  return m.conv2d_bn(L, x, 1536, 1, name="conv_7b")
+  class StopLayers(FlaxLayers):
+    def _tap(self, name, x):
+      x = super()._tap(name, x)
+      if name == stop:
+        raise _Stop(x)
+      return x
+
+  class Prefix(base):
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+      try:
+        return self.backbone(StopLayers(self, train, self.bn_epsilon, self.bn_scale), x)
+      except _Stop as cut:
+        return cut.x
+
+  Prefix.__name__ = f"{base.__name__}_to_{stop}"
+  return Prefix(num_classes=0)
 
 
 def _our_steps(args):
@@ -82,22 +77,19 @@ def _our_steps(args):
   import jax.numpy as jnp
   from radimagenet_jax.models import registry
   base = registry.get_spec(args.model).module_cls
-  prefix = {"inception_v3": _iv3_prefix, "inception_resnet_v2": _irv2_prefix}[args.model]
   s = args.image_size
   x = jax.random.normal(jax.random.key(0), (args.batch, s, s, 3))
   steps = {}
-  for stage, _ in STAGES[args.model]:
-    cls = type(f"Prefix_{stage}", (base,),
-               {"backbone": staticmethod(lambda L, x, cut=stage: prefix(L, x, cut))})
-    model = cls(num_classes=0)
+  for stage in STAGES[args.model]:
+    model = _prefix_model(base, stage)
     v = jax.jit(lambda x, model=model: model.init(jax.random.key(0), x))(x[:1])
     params, stats = v["params"], v["batch_stats"]
     if args.mode == "infer":
       fn = jax.jit(lambda p, b, x, model=model: model.apply(
-          {"params": p, "batch_stats": b}, x, train=False, features_only=True))
+          {"params": p, "batch_stats": b}, x, train=False))
     else:
       def loss(p, b, x, model=model):
-        y, _ = model.apply({"params": p, "batch_stats": b}, x, train=True, features_only=True,
+        y, _ = model.apply({"params": p, "batch_stats": b}, x, train=True,
                            mutable=["batch_stats"])
         return jnp.mean(jnp.square(y))
       fn = jax.jit(jax.value_and_grad(loss))
@@ -120,8 +112,9 @@ def _keras_steps(args):
   pools = [l.name for l in base.layers if isinstance(l, keras.layers.MaxPooling2D)]
   x = tf.constant(np.random.default_rng(0).normal(size=(args.batch, s, s, 3)).astype(np.float32))
   steps = {}
-  for stage, layer in STAGES[args.model]:
-    model = keras.Model(base.input, base.get_layer(layer or pools[1]).output)
+  for stage in STAGES[args.model]:
+    layer = pools[_KERAS_MAX_POOL[stage]] if stage in _KERAS_MAX_POOL else stage
+    model = keras.Model(base.input, base.get_layer(layer).output)
     if args.mode == "infer":
       fn = tf.function(lambda x, model=model: model(x, training=False))
     else:
@@ -159,12 +152,15 @@ def main(argv=None):
   p.add_argument("--model", default="inception_v3", choices=sorted(STAGES))
   p.add_argument("--mode", default="infer", choices=("infer", "train"))
   p.add_argument("--batch", type=int, default=16)
-  p.add_argument("--image_size", type=int, default=299)
+  p.add_argument("--image_size", type=int, default=None,
+                 help="default: the model's ImageNet size (224, 299 for the Inception pair)")
   p.add_argument("--reps", type=int, default=6, help="alternations of the prefixes")
   p.add_argument("--peer", default="none", choices=("none", "keras"))
   p.add_argument("--peer_python", default=sys.executable)
   p.add_argument("--as_peer", action="store_true", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
+  if args.image_size is None:
+    args.image_size = 299 if args.model.startswith("inception") else 224
   if args.as_peer:
     _print("keras", _time(_keras_steps(args), args.reps))
     return None
