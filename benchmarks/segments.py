@@ -6,9 +6,8 @@
         --peer keras --peer_python venv-tf/bin/python
 
 Each prefix of the network (up to the end of the stem, then of each stage: ``STAGES``, any of the
-four models) is compiled as its own
-program; the prefixes are timed alternately in one process (median of ``--reps``), and a segment's
-time is the difference of two consecutive prefixes' medians. ``--mode infer``: the forward pass in
+four models) is compiled as its own program; the prefixes are timed alternately in one process
+(median of ``--reps``), and a segment's time is the difference of two consecutive prefixes' medians. ``--mode infer``: the forward pass in
 inference mode; ``--mode train``: forward + backward of ``mean(features ** 2)`` with BatchNorm in
 training mode (no optimizer). The peer (tf.keras, when ``--peer keras``; never a dependency) runs the
 same prefixes (``keras.Model(input, layer.output)`` of keras.applications, ``tf.function``) in its own
