@@ -36,10 +36,10 @@ KERAS_APPS = {"resnet50": "ResNet50", "densenet121": "DenseNet121", "inception_v
               "inception_resnet_v2": "InceptionResNetV2"}
 
 
-def keras_step(args):
+def tf_keras():
+  """(tensorflow, keras on the TensorFlow backend): Keras 3 when installed, else tf.keras."""
   os.environ.setdefault("KERAS_BACKEND", "tensorflow")
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  import numpy as np
   import tensorflow as tf
   try:
     import keras
@@ -47,6 +47,12 @@ def keras_step(args):
       raise ImportError
   except ImportError:
     keras = tf.keras
+  return tf, keras
+
+
+def keras_step(args):
+  import numpy as np
+  tf, keras = tf_keras()
   s = args.image_size
   base = getattr(keras.applications, KERAS_APPS[args.model])(
       include_top=False, weights=None, input_shape=(s, s, 3), pooling=None)

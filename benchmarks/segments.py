@@ -7,9 +7,9 @@
 
 Each prefix of the network (up to the end of the stem, then of each stage: ``STAGES``, any of the
 four models) is compiled as its own program; the prefixes are timed alternately in one process
-(median of ``--reps``), and a segment's time is the difference of two consecutive prefixes' medians. ``--mode infer``: the forward pass in
-inference mode; ``--mode train``: forward + backward of ``mean(features ** 2)`` with BatchNorm in
-training mode (no optimizer). The peer (tf.keras, when ``--peer keras``; never a dependency) runs the
+(median of ``--reps``), and a segment's time is the difference of two consecutive prefixes'
+medians. ``--mode infer``: the forward pass in inference mode; ``--mode train``: forward + backward
+of ``mean(features ** 2)`` with BatchNorm in training mode (no optimizer). The peer (tf.keras, when ``--peer keras``; never a dependency) runs the
 same prefixes (``keras.Model(input, layer.output)`` of keras.applications, ``tf.function``) in its own
 process after ours. float32, random weights and inputs. Differences of medians are noisy: a segment
 is worth a look only when it differs in repeated runs.
@@ -99,12 +99,9 @@ def _our_steps(args):
 
 
 def _keras_steps(args):
-  os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   import numpy as np
-  import tensorflow as tf
-  import keras
-  from benchmarks.peers import KERAS_APPS
+  from benchmarks.peers import KERAS_APPS, tf_keras
+  tf, keras = tf_keras()
   s = args.image_size
   base = getattr(keras.applications, KERAS_APPS[args.model])(
       include_top=False, weights=None, input_shape=(s, s, 3))
@@ -158,11 +155,12 @@ def main(argv=None):
   p.add_argument("--peer_python", default=sys.executable)
   p.add_argument("--as_peer", action="store_true", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
-  if args.image_size is None:
-    args.image_size = 299 if args.model.startswith("inception") else 224
-  if args.as_peer:
+  if args.as_peer:   # the parent passes every setting; no radimagenet_jax in the peer's venv
     _print("keras", _time(_keras_steps(args), args.reps))
     return None
+  if args.image_size is None:
+    from radimagenet_jax.models import registry
+    args.image_size = registry.get_spec(args.model).default_size
   print(f"# {args.model} {args.mode}, {args.image_size}x{args.image_size}, batch {args.batch}, "
         f"float32, median of {args.reps}", flush=True)
   ours = _time(_our_steps(args), args.reps)
