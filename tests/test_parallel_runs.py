@@ -162,6 +162,43 @@ def test_runs_group_by_everything_but_init_freeze_lr_and_preprocess():
     parallel.check_parallel_runs(0)
 
 
+def test_shards_of_a_batched_sweep_hold_whole_chunks_and_partition_the_runs():
+  # The paper's BUSI sweep: 4 models x 24 scenarios' 6 per model x 2 inits x 5 folds = 240 runs,
+  # 20 (model, fold) groups of 12.
+  c = ml_collections.ConfigDict(__import__("runpy").run_path(CONFIG)["get_config"]("busi"))
+  config_of = lambda s: sweep_command.run_config(c, s)  # noqa: E731
+  everything = sweep_command.plan(c)[1]
+  assert len(everything) == 240
+
+  def shards(k, n):
+    c.parallel_runs, c.shard = k, ""
+    parts = []
+    for i in range(n):
+      c.shard = f"{i}/{n}"
+      parts.append(sweep_command.plan(c)[1])
+    assert sorted(r.name for p in parts for r in p) == sorted(r.name for r in everything)
+    return parts
+
+  parts = shards(1, 4)  # one run at a time: every 4th run, as before
+  assert parts == [scenarios.shard(everything, f"{i}/4") for i in range(4)]
+  for k, n in ((12, 4), (16, 3), (8, 2), (5, 3)):
+    chunks = parallel.plan(everything, config_of, k)
+    parts = shards(k, n)
+    owner = {r.name: i for i, p in enumerate(parts) for r in p}
+    for chunk in chunks:  # no chunk split between shards
+      assert len({owner[r.name] for r in chunk}) == 1, (k, n, chunk)
+    for p in parts:  # the sweep re-plans a shard's runs into the same chunks
+      names = lambda chs: sorted(tuple(r.name for r in ch) for ch in chs)  # noqa: E731
+      mine = [ch for ch in chunks if owner[ch[0].name] == owner[p[0].name]]
+      assert names(parallel.plan(p, config_of, k)) == names(mine), (k, n)
+    sizes = [len(p) for p in parts]
+    assert max(sizes) - min(sizes) <= max(len(ch) for ch in chunks), (k, n, sizes)
+  # K=12, 4 hosts: 5 whole groups (60 runs) each, every host with every architecture.
+  parts = shards(12, 4)
+  assert [len(p) for p in parts] == [60] * 4
+  assert all({r.model for r in p} == set(scenarios.PAPER_MODELS) for p in parts)
+
+
 # ---- Whole sweeps: parallel_runs=K against parallel_runs=1 ----------------------------------------
 # ("head" is in the step test above.) lr=inf: the parameters become NaN at the first update.
 SCENARIOS = (scenarios.Scenario("all", 1e-3), scenarios.Scenario("top3", 1e-2),

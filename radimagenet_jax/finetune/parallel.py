@@ -54,6 +54,24 @@ def plan(specs: Sequence[scenarios.RunSpec], config_of: Callable[[scenarios.RunS
           for i in range(0, len(members), parallel_runs)]
 
 
+def shard(specs: Sequence[scenarios.RunSpec], config_of: Callable[[scenarios.RunSpec], object],
+          parallel_runs: int, spec: str) -> list[scenarios.RunSpec]:
+  """Shard ``spec`` ('i/n') of the runs when they train ``parallel_runs`` at a time: whole chunks
+  of `plan`, so no chunk is split between hosts. The chunks are dealt largest first, each to the
+  shard holding the fewest runs so far (ties: the lowest index; equal chunks go round robin, and
+  `plan`'s order mixes architectures), so shards differ by at most one chunk's runs. Every host
+  computes the same deal; shards 0..n-1 partition the runs."""
+  i, n = scenarios.parse_shard(spec)
+  chunks = plan(specs, config_of, parallel_runs)
+  load, mine = [0] * n, []
+  for c in sorted(range(len(chunks)), key=lambda c: -len(chunks[c])):  # stable: plan order
+    to = min(range(n), key=lambda s: (load[s], s))
+    load[to] += len(chunks[c])
+    if to == i:
+      mine.append(c)
+  return [run for c in sorted(mine) for run in chunks[c]]
+
+
 def _by_start(run_dirs: Sequence[str]) -> list[list[int]]:
   """Indices of ``run_dirs`` split by their latest checkpoint step (None: fresh), in order."""
   parts: dict[int | None, list[int]] = {}

@@ -34,7 +34,9 @@ def folds_of(config) -> list[int | None]:
 
 
 def plan(config) -> tuple[dict, list[scenarios.RunSpec]]:
-  """(sweep settings for sweep.json, this shard's runs), checked before anything runs."""
+  """(sweep settings for sweep.json, this shard's runs), checked before anything runs. With
+  ``parallel_runs`` K > 1 a shard holds whole chunks of K runs (`parallel.shard`), else every n-th
+  run (`scenarios.shard`)."""
   inits = _list(config.sweep_inits)
   if not inits:
     raise ValueError("config.sweep_inits is empty; expected e.g. 'radimagenet,imagenet'.")
@@ -46,7 +48,10 @@ def plan(config) -> tuple[dict, list[scenarios.RunSpec]]:
               "init_order": inits, "preset": config.sweep,
               "image_size": config.image_size, "num_epochs": config.num_epochs,
               "batch_size": config.batch_size}
-  return settings, scenarios.shard(runs, config.shard)
+  k = parallel.check_parallel_runs(config.parallel_runs)
+  if k == 1:
+    return settings, scenarios.shard(runs, config.shard)
+  return settings, parallel.shard(runs, lambda s: run_config(config, s), k, config.shard)
 
 
 def run_config(config, spec: scenarios.RunSpec) -> ml_collections.ConfigDict:
@@ -59,7 +64,7 @@ def run_config(config, spec: scenarios.RunSpec) -> ml_collections.ConfigDict:
 def run(config, workdir: str) -> int:
   """Runs this shard of the sweep; returns the number of failed runs."""
   settings, runs = plan(config)
-  k = parallel.check_parallel_runs(config.parallel_runs)
+  k = config.parallel_runs  # checked by plan
   for spec in runs:  # every run's config is valid before the first one trains
     run_lib.validate_config(run_config(config, spec))
   distributed.initialize()
