@@ -288,6 +288,18 @@ def test_sweep_with_parallel_runs_equals_runs_alone_and_nan_stops_only_its_run(
     assert checkpoints.latest_step(os.path.join(tmp_path, "runs", name)) is None
 
 
+def test_sharded_batched_sweep_equals_runs_alone(sweep_config, alone_sweep, tmp_path):
+  # 6 runs in one group, K=3: each of 2 shards trains one whole chunk (one init's three runs, an
+  # lr=inf one among them) into one workdir; the deal itself is tested on the BUSI plan above.
+  for i in range(2):
+    c = ml_collections.ConfigDict(sweep_config.to_dict())
+    c.parallel_runs, c.shard = 3, f"{i}/2"
+    assert len({r.init for r in sweep_command.plan(c)[1]}) == 1
+  assert [_sweep(sweep_config, tmp_path, 3, shard=f"{i}/2") for i in range(2)] == [1, 1]
+  out = _outputs(tmp_path)
+  _assert_same(out, alone_sweep)
+
+
 def test_killed_batched_sweep_resumes_to_the_uninterrupted_result(
     sweep_config, alone_sweep, tmp_path, monkeypatch):
   real = batched.compile_train_step
