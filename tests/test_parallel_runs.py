@@ -170,8 +170,11 @@ def test_shards_of_a_batched_sweep_hold_whole_chunks_and_partition_the_runs():
   everything = sweep_command.plan(c)[1]
   assert len(everything) == 240
 
+  def names(chunks):
+    return sorted(tuple(r.name for r in ch) for ch in chunks)
+
   def shards(k, n):
-    c.parallel_runs, c.shard = k, ""
+    c.parallel_runs = k
     parts = []
     for i in range(n):
       c.shard = f"{i}/{n}"
@@ -188,7 +191,6 @@ def test_shards_of_a_batched_sweep_hold_whole_chunks_and_partition_the_runs():
     for chunk in chunks:  # no chunk split between shards
       assert len({owner[r.name] for r in chunk}) == 1, (k, n, chunk)
     for p in parts:  # the sweep re-plans a shard's runs into the same chunks
-      names = lambda chs: sorted(tuple(r.name for r in ch) for ch in chs)  # noqa: E731
       mine = [ch for ch in chunks if owner[ch[0].name] == owner[p[0].name]]
       assert names(parallel.plan(p, config_of, k)) == names(mine), (k, n)
     sizes = [len(p) for p in parts]

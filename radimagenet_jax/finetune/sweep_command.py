@@ -14,6 +14,8 @@ in one compiled step (`finetune.parallel`), with the same per-run results.
 """
 from __future__ import annotations
 
+import functools
+
 import ml_collections
 
 from radimagenet_jax import distributed
@@ -51,7 +53,7 @@ def plan(config) -> tuple[dict, list[scenarios.RunSpec]]:
   k = parallel.check_parallel_runs(config.parallel_runs)
   if k == 1:
     return settings, scenarios.shard(runs, config.shard)
-  return settings, parallel.shard(runs, lambda s: run_config(config, s), k, config.shard)
+  return settings, parallel.shard(runs, functools.partial(run_config, config), k, config.shard)
 
 
 def run_config(config, spec: scenarios.RunSpec) -> ml_collections.ConfigDict:
@@ -65,15 +67,15 @@ def run(config, workdir: str) -> int:
   """Runs this shard of the sweep; returns the number of failed runs."""
   settings, runs = plan(config)
   k = config.parallel_runs  # checked by plan
+  config_of = functools.partial(run_config, config)
   for spec in runs:  # every run's config is valid before the first one trains
-    run_lib.validate_config(run_config(config, spec))
+    run_lib.validate_config(config_of(spec))
   distributed.initialize()
   batched = {} if k == 1 else {  # K runs of one architecture per compiled step (finetune.parallel)
-      "chunks": lambda specs: parallel.plan(specs, lambda s: run_config(config, s), k),
-      "run_chunk": lambda specs, dirs: parallel.run_chunk(specs, dirs,
-                                                          lambda s: run_config(config, s))}
+      "chunks": lambda specs: parallel.plan(specs, config_of, k),
+      "run_chunk": lambda specs, dirs: parallel.run_chunk(specs, dirs, config_of)}
   rows = sweep.run_sweep(settings, workdir, runs,
-                         lambda spec, run_dir: run_lib.finetune(run_config(config, spec), run_dir),
+                         lambda spec, run_dir: run_lib.finetune(config_of(spec), run_dir),
                          write=distributed.is_main_process(), **batched)
   failed = [r for r in rows if r["status"] == "failed"]
   if distributed.is_main_process():
