@@ -24,11 +24,12 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from radimagenet_jax._collections import variables_only
+
 CHECKPOINT_SUBDIR = "checkpoints"
 VARIABLES, TRAIN, DATA_ITER, METADATA = "variables", "train", "data_iter", "metadata"
 # Fields that must match between a workdir's checkpoint and the config that wants to resume it.
 IDENTITY_KEYS = ("model_name", "num_classes", "image_size")
-VARIABLE_COLLECTIONS = ("params", "batch_stats")  # what a checkpoint's `variables` item holds
 
 
 # keras.applications' own preprocess_input mode per model, for Keras's ImageNet weight files.
@@ -156,7 +157,7 @@ def save_variables(directory: str | os.PathLike, variables, *, model_name: str, 
   ``step``/``keep``: a 'best' checkpoint is written at its training step with ``keep=1``, so the
   new one is complete on disk before the old one is removed."""
   directory = os.path.abspath(os.fspath(directory))
-  variables = {k: variables[k] for k in VARIABLE_COLLECTIONS if k in variables}
+  variables = variables_only(variables)  # what a checkpoint's `variables` item holds
   metadata = {"model_name": model_name, "num_classes": int(num_classes), "step": int(step),
               **dict(extra_metadata or {})}
   with manager(directory, keep=keep) as mngr:
@@ -188,8 +189,7 @@ def load_variables(directory: str | os.PathLike, model_name: str | None = None,
                           mngr.item_metadata(step)[VARIABLES])
     restored = mngr.restore(step, args=ocp.args.Composite(
         **{VARIABLES: ocp.args.StandardRestore(target)}))[VARIABLES]
-  return {k: jax.tree.map(lambda a: jax.device_get(a), restored[k])
-          for k in VARIABLE_COLLECTIONS if k in restored}
+  return jax.tree.map(jax.device_get, variables_only(restored))
 
 
 def preprocess_for_file(file_name, model_name: str | None) -> tuple[str | None, str]:

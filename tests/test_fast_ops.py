@@ -79,6 +79,29 @@ def test_unpadded_stride_one_convolution_runs_padded():
     assert all("pad=" in w for w in windows) == on, windows
 
 
+@pytest.mark.parametrize("ksize,strides", [(1, (1, 1)), (1, (2, 2)), (3, (1, 1)), (3, (2, 2))])
+def test_precision_reaches_every_product_of_the_fast_path(ksize, strides):
+  """A convolution's ``precision`` (``nn.Conv(precision=...)``) applies to the fast path's forward
+  and gradient products as to the plain convolution (it matters on TPUs and GPUs, where the fast
+  ops can be forced on)."""
+  rng = np.random.default_rng(6)
+  x = jnp.asarray(rng.normal(size=(2, 8, 8, 4)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(ksize, ksize, 4, 6)), jnp.float32)
+  hi = jax.lax.Precision.HIGHEST
+
+  def loss(x, k):
+    return jnp.sum(fast_ops.conv_general_dilated(x, k, strides, "SAME", dimension_numbers=DN,
+                                                 precision=hi) ** 2)
+
+  with fast_ops.forced(True):
+    jaxpr = jax.make_jaxpr(jax.grad(loss, (0, 1)))(x, k)
+  products = [e for e in equations(jaxpr)
+              if e.primitive.name in ("dot_general", "conv_general_dilated")]
+  assert len(products) >= 3, products      # forward, input gradient, kernel gradient
+  assert all(e.params["precision"] in (hi, (hi, hi)) for e in products), \
+      [(e.primitive.name, e.params["precision"]) for e in products]
+
+
 def test_mode_selection(monkeypatch):
   monkeypatch.setenv(fast_ops.FAST_OPS_ENV, "auto")
   assert fast_ops.enabled() == (jax.default_backend() == "cpu")

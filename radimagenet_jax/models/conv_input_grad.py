@@ -27,10 +27,10 @@ def _phase(size, out, kernel, stride, lo, r):
   return taps, (low, high), count, (r - lo) % stride
 
 
-def strided_input_grad(g, k, input_shape, strides, pads):
+def strided_input_grad(g, k, input_shape, strides, pads, precision=None):
   """d(conv(x, k))/dx applied to g, for NHWC x, HWIO k, no dilation, one feature group.
 
-  ``strides`` = (sh, sw); ``pads`` = ((lo, hi), (lo, hi)) of the forward convolution.
+  ``strides`` = (sh, sw); ``pads`` = ((lo, hi), (lo, hi)); ``precision``: the forward convolution's.
   """
   n, height, width, cin = input_shape
   (sh, sw), (kh, kw) = strides, k.shape[:2]
@@ -48,7 +48,8 @@ def strided_input_grad(g, k, input_shape, strides, pads):
         sub = jnp.transpose(k[rh::sh, rw::sw][::-1, ::-1], (0, 1, 3, 2))
         gp = jax.lax.pad(g, jnp.zeros((), g.dtype),
                          ((0, 0, 0), (plh, phh, 0), (plw, phw, 0), (0, 0, 0)))
-        z = jax.lax.conv_general_dilated(gp, sub, (1, 1), "VALID", dimension_numbers=dn)
+        z = jax.lax.conv_general_dilated(gp, sub, (1, 1), "VALID", dimension_numbers=dn,
+                                         precision=precision)
       blocks[qh, qw] = jnp.pad(z, ((0, 0), (0, vh - ch), (0, vw - cw), (0, 0)))
   rows = [jnp.stack([blocks[qh, qw] for qw in range(sw)], axis=3) for qh in range(sh)]
   dx = jnp.stack(rows, axis=2).reshape(n, vh * sh, vw * sw, cin)   # t = s * v + q

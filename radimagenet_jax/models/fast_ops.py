@@ -113,7 +113,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   sh, sw = window_strides
   if sh > 1 or sw > 1:
     lhs = lhs[:, ::sh, ::sw, :]
-  return _channel_matmul(lhs, rhs[0, 0])
+  return _channel_matmul(lhs, rhs[0, 0], precision)
 
 
 def _plain_nhwc(*, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
@@ -178,25 +178,27 @@ def _padded_conv(x, k, cfg):
   return y[:, :out[0], :out[1], :]
 
 
-def _matmul_fwd_only(x, k):
-  return jax.lax.dot_general(x, k, (((3,), (0,)), ((), ())))
+def _matmul_fwd_only(x, k, precision=None):
+  return jax.lax.dot_general(x, k, (((3,), (0,)), ((), ())), precision=precision)
 
 
-@jax.custom_vjp
-def _channel_matmul(x, k):
-  """NHWC x (Cin, Cout) -> NHWC, its kernel gradient from operands computed once (below)."""
-  return _matmul_fwd_only(x, k)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _channel_matmul(x, k, precision=None):
+  """NHWC x (Cin, Cout) -> NHWC, its kernel gradient from operands computed once (below); the
+  convolution's ``precision`` applies to all three products."""
+  return _matmul_fwd_only(x, k, precision)
 
 
-def _cm_fwd(x, k):
-  return _matmul_fwd_only(x, k), (x, k)
+def _cm_fwd(x, k, precision):
+  return _matmul_fwd_only(x, k, precision), (x, k)
 
 
-def _cm_bwd(res, g):
+def _cm_bwd(precision, res, g):
   x, k = res
   g = _computed_once(g)
-  dx = jax.lax.dot_general(g, k, (((3,), (1,)), ((), ())))
-  dk = jax.lax.dot_general(_computed_once(x), g, (((0, 1, 2), (0, 1, 2)), ((), ())))
+  dx = jax.lax.dot_general(g, k, (((3,), (1,)), ((), ())), precision=precision)
+  dk = jax.lax.dot_general(_computed_once(x), g, (((0, 1, 2), (0, 1, 2)), ((), ())),
+                           precision=precision)
   return dx, dk
 
 
@@ -223,7 +225,8 @@ def _conv_bwd(cfg, res, g):
   c = dict(cfg)
   if any(s > 1 for s in c["window_strides"]) and _plain_nhwc(**c):
     # not autodiff's convolution over the zero-dilated output gradient (conv_input_grad)
-    dx = strided_input_grad(g, k, x.shape, c["window_strides"], _explicit_pads(x, k, c))
+    dx = strided_input_grad(g, k, x.shape, c["window_strides"], _explicit_pads(x, k, c),
+                            c["precision"])
   else:
     dx, = jax.vjp(lambda x: _conv_fwd_only(x, k, cfg), x)[1](g)
   x = _computed_once(x)

@@ -12,16 +12,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 
+from radimagenet_jax._collections import variables_only  # noqa: F401  (re-exported)
 from radimagenet_jax.models import random_init
 from radimagenet_jax.models.base import _REGISTRY, register  # noqa: F401  (re-exported)
 from radimagenet_jax.models.layers import KerasLayer
-
-VARIABLE_COLLECTIONS = ("params", "batch_stats")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,11 +97,6 @@ def init_variables(model, rng=None, input_size: int | None = None, law: str = "l
     raise ValueError(f"init law {law!r} needs variables of the declared kinds (kernel, bias, scale, "
                      f"mean, var); {type(model).__name__} has others: use law='{random_init.LAWS[0]}'")
   return variables_only(_jitted_init(model, size)(rng))
-
-
-def variables_only(tree: Mapping[str, Any]) -> dict[str, Any]:
-  """The model variables ({'params', 'batch_stats'}) of a larger collection dict."""
-  return {k: tree[k] for k in VARIABLE_COLLECTIONS if k in tree}
 
 
 def create(name: str, num_classes: int = 1000, weights: str | os.PathLike | None = None, *,
