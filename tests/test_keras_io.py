@@ -283,6 +283,51 @@ def test_head_written_with_include_head_loads_into_keras_fine_tuning_model(model
     km.load_weights(paths["keras3"])
 
 
+@pytest.mark.parametrize("frozen", [False, True])
+def test_backbone_nested_as_one_layer_loads_in_every_format(model_files, tmp_path, frozen):
+  """A fine-tuning model built around the backbone as ONE layer (``Model(inp, Dense(base(inp)))``,
+  or a Sequential) stores all the backbone's weights in one group, trainable ones first: with the
+  backbone partly frozen (the paper's top10 scenarios) that is not Keras's layer order. Full-model
+  files and .weights.h5 / .keras load exactly; a weights-only legacy file of a partly frozen nested
+  model (no layer order recorded) is refused with the reason."""
+  import keras
+  name = "resnet50"
+  base, _ = model_files(name)
+  try:
+    for layer in base.layers[:-10] if frozen else []:
+      layer.trainable = False
+    inp = keras.Input(base.input_shape[1:])
+    ft = keras.Model(inp, keras.layers.Dense(2, name="predictions")(
+        keras.layers.Dropout(0.5)(base(inp))))
+    paths = write_all_formats(ft, str(tmp_path), "nested")
+    paths["keras3-archive"] = str(tmp_path / "nested.keras")
+    ft.save(paths["keras3-archive"])
+    seq = keras.Sequential([keras.Input(base.input_shape[1:]), base, keras.layers.Dense(2)])
+    paths["sequential"] = str(tmp_path / "sequential.h5")
+    seq.save(paths["sequential"])
+  finally:
+    for layer in base.layers:
+      layer.trainable = True
+  oracle = keras_oracle.variables_from_keras(base, name)
+  x = _inputs(name, seed=2)
+  want_logits = np.asarray(ft(x, training=False))
+  for fmt, path in paths.items():
+    if frozen and fmt in ("keras3-weights", "keras2-weights"):
+      with pytest.raises(ValueError, match="nested as layer 'resnet50'.*partly frozen"):
+        keras_io.load_h5(path, name, load_head=True)
+      continue
+    v = keras_io.load_h5(path, name, load_head=True)
+    head = v["params"].pop("predictions")
+    _assert_same_tree(v, oracle)
+    dense = (seq if fmt == "sequential" else ft).layers[-1].get_weights()
+    np.testing.assert_array_equal(head["kernel"], dense[0])
+    np.testing.assert_array_equal(head["bias"], dense[1])
+    if fmt == "keras2-model":   # the weights in the Flax model give Keras's logits
+      logits = _flax_pooled(name, v, x) @ head["kernel"] + head["bias"]
+      assert _max_rel_err(logits, want_logits) <= 1e-4
+  assert "matches model:   resnet50" in keras_io.describe(paths["keras2-model"])
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad input.
 

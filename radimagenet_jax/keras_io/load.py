@@ -84,12 +84,13 @@ def _match(contents: _FileContents, model_name: str, expected):
       raise ValueError(
           f"{path}: the file ends before weighted layer #{i} {lname!r} ({kind}, shapes {want}) of "
           f"{model_name}; it holds {n} weighted {kind + ' ' if keras3 else ''}layers. It is not a "
-          f"{model_name} weight file (`radimagenet-jax inspect {path}` tells what it is).")
+          f"{model_name} weight file (`radimagenet-jax inspect {path}` tells what it is)."
+          + contents.hint)
     if got.shapes != want:
       raise ValueError(
           f"{path}: weighted layer #{i} does not match {model_name}: the file's layer {got.name!r} "
           f"has weight shapes {got.shapes}, {model_name}'s layer {lname!r} ({kind}) expects {want}. "
-          f"Wrong model name, or a file of another architecture.")
+          f"Wrong model name, or a file of another architecture." + contents.hint)
     pairs += [(p, d) for (p, _), (_, d) in zip(params, got.weights)]
   leftover = (rest if contents.format != "keras3" else [l for q in queues.values() for l in q])
   bad = [l for l in leftover if not _is_dense(l)]
