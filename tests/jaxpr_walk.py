@@ -1,17 +1,8 @@
 """Every equation of a jaxpr, those of the sub-jaxprs in its equations' params included (cond
-branches, custom_vjp bodies, pjit calls). Duck-typed over the jaxpr classes, which JAX has
-reorganised between releases (``jax.core.jaxprs_in_params`` is gone in jax 0.12)."""
+branches, custom_vjp bodies, pjit calls), found by `models.flops.sub_jaxprs`."""
 from __future__ import annotations
 
-
-def _sub_jaxprs(value):
-  if isinstance(value, (tuple, list)):
-    for item in value:
-      yield from _sub_jaxprs(item)
-  elif hasattr(value, "eqns"):                                     # an open Jaxpr
-    yield value
-  elif hasattr(value, "jaxpr") and hasattr(value.jaxpr, "eqns"):   # a ClosedJaxpr
-    yield value.jaxpr
+from radimagenet_jax.models.flops import sub_jaxprs
 
 
 def equations(jaxpr):
@@ -19,6 +10,5 @@ def equations(jaxpr):
   jaxpr = jaxpr.jaxpr if not hasattr(jaxpr, "eqns") else jaxpr
   for eqn in jaxpr.eqns:
     yield eqn
-    for value in eqn.params.values():
-      for sub in _sub_jaxprs(value):
-        yield from equations(sub)
+    for sub in sub_jaxprs(eqn.params.values()):
+      yield from equations(sub)

@@ -21,7 +21,7 @@ from flax import traverse_util
 
 from radimagenet_jax import checkpoints, distributed, models
 from radimagenet_jax.finetune import freeze, parallel, scenarios, sweep_command
-from radimagenet_jax.models import base
+from radimagenet_jax.models import base, flops
 from radimagenet_jax.train import batched, optim, state as state_lib, steps
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
@@ -184,6 +184,9 @@ def test_shards_of_a_batched_sweep_hold_whole_chunks_and_partition_the_runs():
 
   parts = shards(1, 4)  # one run at a time: every 4th run, as before
   assert parts == [scenarios.shard(everything, f"{i}/4") for i in range(4)]
+  def cost(runs):
+    return sum(flops.forward_flops(r.model, c.image_size) for r in runs)
+
   for k, n in ((12, 4), (16, 3), (8, 2), (5, 3)):
     chunks = parallel.plan(everything, config_of, k)
     parts = shards(k, n)
@@ -193,12 +196,24 @@ def test_shards_of_a_batched_sweep_hold_whole_chunks_and_partition_the_runs():
     for p in parts:  # the sweep re-plans a shard's runs into the same chunks
       mine = [ch for ch in chunks if owner[ch[0].name] == owner[p[0].name]]
       assert names(parallel.plan(p, config_of, k)) == names(mine), (k, n)
-    sizes = [len(p) for p in parts]
-    assert max(sizes) - min(sizes) <= max(len(ch) for ch in chunks), (k, n, sizes)
-  # K=12, 4 hosts: 5 whole groups (60 runs) each, every host with every architecture.
-  parts = shards(12, 4)
-  assert [len(p) for p in parts] == [60] * 4
-  assert all({r.model for r in p} == set(scenarios.PAPER_MODELS) for p in parts)
+    # dealt by cost (forward FLOPs per image x runs): shards differ by at most one chunk's cost
+    loads = [cost(p) for p in parts]
+    assert max(loads) - min(loads) <= max(cost(ch) for ch in chunks), (k, n, loads)
+  # K=12, 4 hosts: 5 whole groups (60 runs) each.
+  assert [len(p) for p in shards(12, 4)] == [60] * 4
+  # Two architectures whose groups alternate in plan order: dealt by run count (round robin),
+  # one host would get both Inception-ResNet-v2 groups; by cost, each gets one of each.
+  c.parallel_runs = 12
+  pair = [r for m in ("inception_resnet_v2", "resnet50") for r in everything
+          if r.model == m and r.fold == 0]
+  pair += [r for m in ("inception_resnet_v2", "resnet50") for r in everything
+           if r.model == m and r.fold == 1]
+  assert [ch[0].model for ch in parallel.plan(pair, config_of, 12)] == [
+      "inception_resnet_v2", "resnet50"] * 2
+  halves = [parallel.shard(pair, config_of, 12, f"{i}/2") for i in range(2)]
+  assert [sorted({r.model for r in h}) for h in halves] == [
+      ["inception_resnet_v2", "resnet50"]] * 2
+  assert cost(halves[0]) == cost(halves[1])
 
 
 # ---- Whole sweeps: parallel_runs=K against parallel_runs=1 ----------------------------------------

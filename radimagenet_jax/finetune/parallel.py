@@ -57,19 +57,30 @@ def plan(specs: Sequence[scenarios.RunSpec], config_of: Callable[[scenarios.RunS
 def shard(specs: Sequence[scenarios.RunSpec], config_of: Callable[[scenarios.RunSpec], object],
           parallel_runs: int, spec: str) -> list[scenarios.RunSpec]:
   """Shard ``spec`` ('i/n') of the runs when they train ``parallel_runs`` at a time: whole chunks
-  of `plan`, so no chunk is split between hosts. The chunks are dealt largest first, each to the
-  shard holding the fewest runs so far (ties: the lowest index; equal chunks go round robin, and
-  `plan`'s order mixes architectures), so shards differ by at most one chunk's runs. Every host
-  computes the same deal; shards 0..n-1 partition the runs."""
+  of `plan`, so no chunk is split between hosts, balanced by cost. A chunk costs its runs times
+  their model's forward FLOPs per image at their input size (`models.flops`; the sweep's runs
+  share their data and schedule), so an Inception-ResNet-v2 run weighs 2.4 DenseNet121 ones at
+  256 px. The chunks are dealt costliest first, each to the shard with the least cost so far
+  (ties: the lowest index; `plan`'s order among equal chunks), so shards differ by at most one
+  chunk's cost. Every host computes the same deal (integer costs, traced without the CPU-only
+  forms); shards 0..n-1 partition the runs."""
   i, n = scenarios.parse_shard(spec)
   chunks = plan(specs, config_of, parallel_runs)
+  costs = [len(chunk) * _run_cost(config_of(chunk[0])) if n > 1 else len(chunk)
+           for chunk in chunks]
   load, mine = [0] * n, []
-  for c in sorted(range(len(chunks)), key=lambda c: -len(chunks[c])):  # stable: plan order
+  for c in sorted(range(len(chunks)), key=lambda c: -costs[c]):  # stable: plan order
     to = min(range(n), key=lambda s: (load[s], s))
-    load[to] += len(chunks[c])
+    load[to] += costs[c]
     if to == i:
       mine.append(c)
   return [run for c in sorted(mine) for run in chunks[c]]
+
+
+def _run_cost(config) -> int:
+  """A run's cost per training image: its model's forward FLOPs at its input size."""
+  from radimagenet_jax.models import flops  # pylint: disable=g-import-not-at-top
+  return flops.forward_flops(config.model, int(config.image_size))
 
 
 def _by_start(run_dirs: Sequence[str]) -> list[list[int]]:
