@@ -46,7 +46,7 @@ def _run(cmd, timeout, env=None, log=None):
     return None, f"not done in {timeout} s"
   lines = out.splitlines()
   for line in lines:
-    if line.startswith(("RESULT", "ours", "peer")):
+    if line.startswith(("RESULT", "ours", "peer", "arithmetic")):
       print("   ", line, flush=True)
   result = [l.split()[1:] for l in lines if l.startswith("RESULT")]
   if proc.returncode or not result:

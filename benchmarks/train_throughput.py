@@ -33,7 +33,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from radimagenet_jax import _host_malloc, distributed  # noqa: E402
-from radimagenet_jax.models import registry  # noqa: E402
+from radimagenet_jax.models import flops, registry  # noqa: E402
 from radimagenet_jax.train import optim, state as state_lib, steps  # noqa: E402
 
 DTYPES = {"float32": "float32", "bfloat16": "bfloat16"}
@@ -158,6 +158,11 @@ def _run(args, step, peer, what):
         + f"compile + first step: {compile_s:.1f} s; step: "
         f"{step_s * 1e3:.1f} ms (median of {args.steps}); throughput: "
         f"{args.batch / step_s:.2f} images/s")
+  if args.mode in ("train", "infer"):  # the model's arithmetic: the same for every stack
+    factor = 3 if args.mode == "train" else 1   # a train step: forward + twice that backward
+    per_image = factor * flops.forward_flops(args.model, args.image_size, args.num_classes)
+    print(f"arithmetic: {per_image / 1e9:.1f} GFLOP per image ({factor}x the forward pass, "
+          f"models.flops): {args.batch * per_image / step_s / 1e12:.3f} TFLOP/s")
   print(f"RESULT {init_s or 0:.1f} {compile_s:.1f} {step_s:.6f} {args.batch / step_s:.1f}",
         flush=True)
   if peer is None:
