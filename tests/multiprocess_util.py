@@ -66,7 +66,7 @@ def base_env(tmp_dir, data_dir, **extra) -> dict:
   env.update(TFDS_DATA_DIR=str(data_dir), JAX_PLATFORMS="cpu",
              RADIMAGENET_JAX_CACHE=os.path.join(str(tmp_dir), "jax_cache"),
              RADIMAGENET_JAX_HEARTBEAT_TIMEOUT="10", RADIMAGENET_JAX_SHUTDOWN_TIMEOUT="60",
-             PYTHONUNBUFFERED="1",
+             PYTHONUNBUFFERED="1", PYTHON=env.get("PYTHON", sys.executable),  # venv active or not
              PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""))
   env.update({k: str(v) for k, v in extra.items()})
   return env

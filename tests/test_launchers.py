@@ -14,6 +14,7 @@ import shlex
 import signal
 import stat
 import subprocess
+import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,7 +88,10 @@ def _env(tmp_path, **extra):
   _write(str(stubs / "srun"), _SRUN)
   _write(str(stubs / "scontrol"), _SCONTROL)
   _write(str(stubs / "gcloud"), _GCLOUD)
-  env.update(PATH=f"{stubs}{os.pathsep}{env['PATH']}", STUB_LOG=str(tmp_path / "calls.log"),
+  # this interpreter's bin/ next: the stand-ins' `python` is the one running the tests, venv
+  # activated or not
+  path = os.pathsep.join([str(stubs), os.path.dirname(sys.executable), env["PATH"]])
+  env.update(PATH=path, STUB_LOG=str(tmp_path / "calls.log"),
              STUB_DIR=str(tmp_path), JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
   env.update({k: str(v) for k, v in extra.items()})
   return env
