@@ -8,6 +8,7 @@ models, Keras's ImageNet files Keras 2 weights-only files). Loaded here, every f
 exactly the weights Keras holds, and the Flax backbone the Keras outputs (max rel. err 1e-4).
 """
 import functools
+import json
 import logging
 import os
 import shutil
@@ -325,7 +326,20 @@ def test_backbone_nested_as_one_layer_loads_in_every_format(model_files, tmp_pat
     if fmt == "keras2-model":   # the weights in the Flax model give Keras's logits
       logits = _flax_pooled(name, v, x) @ head["kernel"] + head["bias"]
       assert _max_rel_err(logits, want_logits) <= 1e-4
-  assert "matches model:   resnet50" in keras_io.describe(paths["keras2-model"])
+  described = keras_io.describe(paths["keras2-model"])
+  assert "matches model:   resnet50" in described
+  assert "a model nested as layer 'resnet50')" in described
+  # a config that leaves out one of the nested model's weighted layers: a damaged file
+  damaged = shutil.copy(paths["keras2-model"], tmp_path / "damaged.h5")
+  with h5py.File(damaged, "a") as f:
+    config = json.loads(f.attrs["model_config"])
+    inner = next(l for l in config["config"]["layers"] if l["class_name"] == "Functional")
+    inner["config"]["layers"] = [l for l in inner["config"]["layers"]
+                                 if l["config"]["name"] != "conv1_conv"]
+    f.attrs["model_config"] = json.dumps(config).encode()
+  with pytest.raises(ValueError, match=r"damaged.h5: the nested model 'resnet50' holds weights of "
+                                       r"layers its config does not list \(conv1_conv\)"):
+    keras_io.load_h5(str(damaged), name)
 
 
 # ---------------------------------------------------------------------------------------------

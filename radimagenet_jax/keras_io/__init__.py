@@ -16,7 +16,9 @@ layers in `model.layers` order and the i-th layer that carries weights goes to t
 layer of `rij.models.keras_layers(name)`; in `.weights.h5` the group key is the class name plus a
 per-class counter (`conv2d_57` is the 58th Conv2D), so the k-th Conv2D of the table takes the k-th
 `conv2d*` group. Layer names stored in the file are never used for matching: InceptionV3 and IRV2
-names are auto-generated and differ between sessions. Every shape is checked.
+names are auto-generated and differ between sessions. Every shape is checked. A backbone stored as
+one layer of a fine-tuning model (nested) is read as its own layers (`nested_models`; in
+`.weights.h5`, a `layers` group inside the layer's group).
 """
 from radimagenet_jax.keras_io.convert import convert, weights_info
 from radimagenet_jax.keras_io.describe import describe, matching_models

@@ -49,7 +49,8 @@ def describe(path) -> str:
            f"format:          {fmt}",
            f"keras version:   {c.attrs.get('keras_version', 'not recorded')}",
            f"backend:         {c.attrs.get('backend', 'not recorded')}",
-           f"layers:          {c.num_layers} ({len(c.layers)} with weights)",
+           f"layers:          {c.num_layers} ({len(c.layers)} with weights"
+           + "".join(f"; a model nested as layer {n!r}" for n in c.nested) + ")",
            f"parameters:      {n_params:,} (BatchNorm statistics included)",
            f"matches model:   {', '.join(matches) if matches else 'none of ' + ', '.join(models.names())}",
            f"top (Dense):     {tops or 'none (notop file)'}"]

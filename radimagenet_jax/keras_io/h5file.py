@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import os
 import re
 import tempfile
@@ -11,6 +10,8 @@ import zipfile
 
 import h5py
 import numpy as np
+
+from radimagenet_jax.keras_io import nested_models
 
 
 # Keras variable names of each (layer kind, Flax variable), in Keras weight order.
@@ -40,6 +41,7 @@ class _FileContents:
   num_layers: int            # all layers the file lists, weightless ones included
   layers: list               # [_FileLayer] with weights; legacy: model order, keras3: per class
   hint: str = ""             # appended to a mismatch error: why the order may not be Keras's
+  nested: tuple = ()         # names (or .weights.h5 keys) of models stored as one layer
 
 
 def _str(v):
@@ -223,73 +225,41 @@ def _parse_unchecked(f, path) -> _FileContents:
   for k in ("keras_version", "backend"):
     if k not in attrs and k in f.attrs:
       attrs[k] = _str(f.attrs[k])
-  layers, keras2, num_layers, hint = [], False, len(names), ""
-  nested = _nested_layer_orders(f, path)
+  layers, keras2, num_layers, hint, nested_names = [], False, len(names), "", []
+  nested = nested_models.layer_orders(f)
   for name in names:
     wnames = _read_attr_list(group[name], "weight_names")
     keras2 |= any(w.endswith(":0") for w in wnames)
-    by_layer = _group_by_layer(wnames)
+    by_layer = nested_models.group_by_layer(wnames)
     if name in nested or len(by_layer) > 1:   # a model used as one layer: its layers, in order
       order = nested.get(name) or list(by_layer)
       if name not in nested:
-        hint = (f" The file holds a model nested as layer {name!r} and, being weights-only, not "
-                f"its layer order; Keras writes a nested model's trainable weights first, so a "
-                f"partly frozen one cannot be matched: save the whole model (model.save, .h5 or "
-                f".keras) or its .weights.h5.")
+        hint = (f" The file holds a model nested as layer {name!r} without its layer order (a "
+                f"weights-only file records none); Keras writes a nested model's trainable "
+                f"weights first, so a partly frozen one cannot be matched: save the whole model "
+                f"(model.save, .h5 or .keras) or its .weights.h5.")
       missing = sorted(set(by_layer) - set(order))
       if missing:
         raise ValueError(f"{path}: the nested model {name!r} holds weights of layers its config "
                          f"does not list ({', '.join(missing[:3])}); a damaged file.")
       layers += [_FileLayer(f"{name}/{inner}", [(w, group[name][w]) for w in by_layer[inner]])
                  for inner in order if inner in by_layer]
+      nested_names.append(name)
       num_layers += max(len(order), len(by_layer)) - 1
     elif wnames:
       layers.append(_FileLayer(name, [(w, group[name][w]) for w in wnames]))
   version = attrs.get("keras_version", "")
   major = "2" if keras2 or (version[:1] in "12" and version) else "3"
   fmt = f"keras{major}-{'model' if full else 'weights'}"
-  return _FileContents(os.fspath(path), fmt, attrs, num_layers, layers, hint)
-
-
-_MODEL_CLASSES = ("Functional", "Model", "Sequential")
-
-
-def _nested_layer_orders(f, path) -> dict[str, list[str]]:
-  """{layer name: its layers' names in order} for each model used as a layer of a full-model
-  file's model, read from the file's `model_config` (Keras's JSON of the model)."""
-  if "model_config" not in f.attrs:
-    return {}
-  try:
-    config = json.loads(_str(f.attrs["model_config"]))
-  except ValueError as e:
-    raise ValueError(f"{path}: its 'model_config' attribute is not JSON ({e}).") from None
-  def names(layer_configs):
-    return [_str((c.get("config") or {}).get("name", c.get("name", ""))) for c in layer_configs]
-  orders = {}
-  for layer in ((config.get("config") or {}).get("layers") or []) if isinstance(config, dict) else []:
-    inner = (layer.get("config") or {}).get("layers") if isinstance(layer, dict) else None
-    if layer.get("class_name") in _MODEL_CLASSES and isinstance(inner, list):
-      orders[names([layer])[0]] = names(inner)
-  return orders
-
-
-def _group_by_layer(weight_names) -> dict[str, list[str]]:
-  """{layer: its weight names} from a layer group's weight names, in order of first appearance:
-  'conv1_conv/kernel:0' belongs to layer 'conv1_conv' (DenseNet121's Keras 2 'conv1/conv' too).
-
-  A model used as a layer stores all its layers' weights in one group, trainable ones first
-  (Keras's ``trainable_weights + non_trainable_weights``); within a layer that keeps Keras's order
-  (a BatchNormalization's gamma and beta, then its moving statistics)."""
-  groups: dict[str, list[str]] = {}
-  for w in weight_names:
-    groups.setdefault(w.rpartition("/")[0], []).append(w)
-  return groups
+  return _FileContents(os.fspath(path), fmt, attrs, num_layers, layers, hint, tuple(nested_names))
 
 
 def _parse_weights_h5(f, root, path) -> _FileContents:
   layers, num_layers = _weights_h5_layers(root, "")
   attrs = {k: _str(f.attrs[k]) for k in ("keras_version", "backend") if k in f.attrs}
-  return _FileContents(os.fspath(path), "keras3", attrs, num_layers, layers)
+  nested = tuple(k for k in root if isinstance(root[k], h5py.Group)
+                 and isinstance(root[k].get("layers"), h5py.Group))
+  return _FileContents(os.fspath(path), "keras3", attrs, num_layers, layers, nested=nested)
 
 
 def _weights_h5_layers(root, prefix: str) -> tuple[list, int]:
