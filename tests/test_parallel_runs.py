@@ -184,6 +184,7 @@ def test_shards_of_a_batched_sweep_hold_whole_chunks_and_partition_the_runs():
 
   parts = shards(1, 4)  # one run at a time: every 4th run, as before
   assert parts == [scenarios.shard(everything, f"{i}/4") for i in range(4)]
+
   def cost(runs):
     return sum(flops.forward_flops(r.model, c.image_size) for r in runs)
 

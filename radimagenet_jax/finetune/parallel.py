@@ -66,8 +66,9 @@ def shard(specs: Sequence[scenarios.RunSpec], config_of: Callable[[scenarios.Run
   forms); shards 0..n-1 partition the runs."""
   i, n = scenarios.parse_shard(spec)
   chunks = plan(specs, config_of, parallel_runs)
-  costs = [len(chunk) * _run_cost(config_of(chunk[0])) if n > 1 else len(chunk)
-           for chunk in chunks]
+  if n == 1:  # one shard holds everything: nothing to weigh
+    return [run for chunk in chunks for run in chunk]
+  costs = [len(chunk) * _run_cost(config_of(chunk[0])) for chunk in chunks]
   load, mine = [0] * n, []
   for c in sorted(range(len(chunks)), key=lambda c: -costs[c]):  # stable: plan order
     to = min(range(n), key=lambda s: (load[s], s))

@@ -255,27 +255,27 @@ def _parse_unchecked(f, path) -> _FileContents:
 
 
 def _parse_weights_h5(f, root, path) -> _FileContents:
-  layers, num_layers = _weights_h5_layers(root, "")
+  layers, num_layers, nested = _weights_h5_layers(root, "")
   attrs = {k: _str(f.attrs[k]) for k in ("keras_version", "backend") if k in f.attrs}
-  nested = tuple(k for k in root if isinstance(root[k], h5py.Group)
-                 and isinstance(root[k].get("layers"), h5py.Group))
   return _FileContents(os.fspath(path), "keras3", attrs, num_layers, layers, nested=nested)
 
 
-def _weights_h5_layers(root, prefix: str) -> tuple[list, int]:
+def _weights_h5_layers(root, prefix: str) -> tuple[list, int, tuple]:
   """The weighted layers under a `.weights.h5` `layers` group, per class in Keras's counter order,
-  and the count of all layers. A model used as a layer (`functional`, `sequential`) is a group
-  with its own `layers`: its layers come first (they precede the outer model's top)."""
+  the count of all layers and the keys of the models nested in it. A model used as a layer
+  (`functional`, `sequential`) is a group with its own `layers`: its layers come first (they
+  precede the outer model's top)."""
   def order(key):  # 'conv2d' -> 0, 'conv2d_12' -> 12: the per-class counter Keras used
     m = re.fullmatch(r"(.*?)(?:_(\d+))?", key)
     return m.group(1), int(m.group(2) or 0)
-  entries, inner, num_layers = [], [], 0
+  entries, inner, num_layers, nested = [], [], 0, ()
   for key in root:
     item = root[key]
     if isinstance(item, h5py.Group) and isinstance(item.get("layers"), h5py.Group):
-      sub, n = _weights_h5_layers(item["layers"], f"{prefix}{key}/layers/")
+      sub, n, deeper = _weights_h5_layers(item["layers"], f"{prefix}{key}/layers/")
       inner += sub
       num_layers += n
+      nested += (f"{prefix}{key}",) + deeper
       continue
     num_layers += 1
     vars_ = item["vars"] if "vars" in item else {}
@@ -287,4 +287,4 @@ def _weights_h5_layers(root, prefix: str) -> tuple[list, int]:
     name = _str(vars_.attrs.get("name", key))
     layers.append(_FileLayer(name, [(f"{prefix}{key}/vars/{i}", vars_[str(i)])
                                     for i in range(len(vars_))], cls))
-  return inner + layers, num_layers
+  return inner + layers, num_layers, nested

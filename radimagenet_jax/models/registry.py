@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 
-from radimagenet_jax._collections import variables_only  # noqa: F401  (re-exported)
+from radimagenet_jax._collections import variables_only  # also re-exported by models
 from radimagenet_jax.models import random_init
 from radimagenet_jax.models.base import _REGISTRY, register  # noqa: F401  (re-exported)
 from radimagenet_jax.models.layers import KerasLayer
