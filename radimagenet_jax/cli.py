@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 
 from radimagenet_jax import _host_malloc
 
@@ -258,6 +259,17 @@ _USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, FloatingPointErr
                 PermissionError, NotADirectoryError, IsADirectoryError, ModuleNotFoundError)
 
 
+def _in_multiprocess_job() -> bool:
+  # A command that never imported `distributed` never joined a job (and needs no JAX import here).
+  module = sys.modules.get("radimagenet_jax.distributed")
+  return module is not None and module.in_multiprocess_job()
+
+
+def _exit_if_failed_alone(code: int) -> None:
+  if _in_multiprocess_job():
+    sys.modules["radimagenet_jax.distributed"].exit_if_failed_alone(code)
+
+
 def main(argv=None):
   argv = sys.argv[1:] if argv is None else list(argv)
   if not argv or argv[0] in ("-h", "--help"):
@@ -282,6 +294,13 @@ def main(argv=None):
     # Bad input (unknown model, mismatched workdir, corrupt file, NaN loss, ...): the message
     # already names the file / value and what was expected; a traceback would only bury it.
     print(f"radimagenet-jax {argv[0]}: error: {e}", file=sys.stderr)
+    _exit_if_failed_alone(1)
+    return 1
+  except Exception:  # a bug: in a multi-process job, its traceback and no wait when alone
+    if not _in_multiprocess_job():
+      raise
+    traceback.print_exc()
+    _exit_if_failed_alone(1)
     return 1
   return 0
 

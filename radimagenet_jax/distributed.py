@@ -10,14 +10,15 @@ a lost host), the coordination service stops hearing from it and terminates ever
 of the job within that time, with "Terminating process because the JAX distributed service
 detected fatal errors" in its log, instead of leaving them blocked in a collective.
 ``RADIMAGENET_JAX_INIT_TIMEOUT`` (default 300 s) bounds the wait for all processes to join, and
-``RADIMAGENET_JAX_SHUTDOWN_TIMEOUT`` (default 300 s) the wait at exit for the others to finish
-(a process that ends with an error while the others still run waits there up to that long).
+``RADIMAGENET_JAX_SHUTDOWN_TIMEOUT`` (default 300 s) the wait at exit for the others to finish.
+A process that meets an error alone does not wait there: the CLI calls ``exit_if_failed_alone``.
 """
 from __future__ import annotations
 
 import functools
 import logging
 import os
+import sys
 
 import jax
 import numpy as np
@@ -35,6 +36,8 @@ SHUTDOWN_TIMEOUT_ENV = "RADIMAGENET_JAX_SHUTDOWN_TIMEOUT"
 DEFAULT_HEARTBEAT_TIMEOUT_S = 60
 DEFAULT_INIT_TIMEOUT_S = 300
 DEFAULT_SHUTDOWN_TIMEOUT_S = 300
+# How long a failed process waits for the others to fail too (exit_if_failed_alone).
+ERROR_AGREEMENT_S = 10
 CACHE_ENV = "RADIMAGENET_JAX_CACHE"
 DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "radimagenet_jax", "jax")
 _initialized = False
@@ -97,6 +100,38 @@ def initialize() -> None:
   logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count())
+
+
+def in_multiprocess_job() -> bool:
+  """Whether this process has joined a jax.distributed job of several processes (no start-up)."""
+  from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+  state = jax_distributed.global_state
+  return state.client is not None and (state.num_processes or 1) > 1
+
+
+def exit_if_failed_alone(code: int) -> None:
+  """After an error in a multi-process job, exits at once (``os._exit(code)``) when this process
+  failed alone; returns when every process failed (and in a single process).
+
+  A process that fails alone (a file only it reads, its host's memory) would otherwise wait at
+  exit up to the shutdown timeout for the others, which wait for it in a collective and never
+  come: minutes of a cluster job doing nothing. Every process that fails comes here and waits up to
+  ``ERROR_AGREEMENT_S`` at a barrier: when all arrive (an error they share: a bad config, a NaN
+  loss, a failed dataset build), the normal exit follows with its clean shutdown; when the barrier
+  times out, this process exits with ``code`` and the coordination service stops the others.
+  """
+  if not in_multiprocess_job():
+    return
+  from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+  try:
+    jax_distributed.global_state.client.wait_at_barrier("radimagenet_jax_error_exit",
+                                                        ERROR_AGREEMENT_S * 1000)
+    return
+  except Exception:  # pylint: disable=broad-except  (the barrier timed out: this one failed alone)
+    pass
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)
 
 
 def coordination_client():

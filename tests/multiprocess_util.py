@@ -25,6 +25,17 @@ _DROP_ENV = ("XLA_FLAGS", "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_P
              "SLURM_NTASKS", "SLURM_JOB_ID", "SLURM_PROCID", "OMPI_COMM_WORLD_SIZE")
 
 
+FAIL_ENV = "RIJ_TEST_FAIL_ON_PROCESS"  # a process index: that process alone fails tracing its model
+
+
+def _fail_here_if_asked():
+  """A failure on one process only (a bad file or an out-of-memory there, say): ValueError while
+  the process whose index is $RIJ_TEST_FAIL_ON_PROCESS traces the model."""
+  import jax
+  if os.environ.get(FAIL_ENV) == str(jax.process_index()):
+    raise ValueError(f"injected failure on process {jax.process_index()} (${FAIL_ENV})")
+
+
 def _tiny_cnn_class():
   from radimagenet_jax.models import base
 
@@ -38,6 +49,7 @@ def _tiny_cnn_class():
 
     @staticmethod
     def backbone(L, x):
+      _fail_here_if_asked()
       # No conv bias: in front of BatchNorm its gradient is exactly zero, and Adam would turn the
       # rounding noise of that zero into full-size steps that differ with the summation order.
       x = L.conv(x, 8, 3, strides=2, use_bias=False, name="conv1_conv")

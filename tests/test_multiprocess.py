@@ -128,6 +128,26 @@ def test_a_failed_build_stops_every_process_with_the_builders_error(job):
   assert not data_dir.exists() or not os.listdir(data_dir)  # nothing left behind
 
 
+def test_a_process_that_fails_alone_ends_the_job_without_waiting_out_the_shutdown_timeout(job):
+  # Process 1 alone raises (tracing its model; tests/multiprocess_util.py) while process 0 waits
+  # for it in a collective. Without exit_if_failed_alone, process 1 would wait at exit for the
+  # others up to the shutdown timeout (set to its default, 300 s, here) before anything ends.
+  env = dict(job["env"], **{mp.FAIL_ENV: "1", distributed.SHUTDOWN_TIMEOUT_ENV: "300"})
+  started = time.monotonic()
+  status, out, launch = mp.run_local(2, 4, mp.pretrain_args(job["tmp"] / "failing_alone",
+                                                            *OVERRIDES),
+                                     env, job["tmp"] / "logs_failing_alone", timeout=240)
+  elapsed = time.monotonic() - started
+  assert status != 0, out + launch.logs()
+  assert "process 1 exited with status 1" in out, out + launch.logs()
+  assert re.search(r"process 0 exited with status [1-9]\d*", out), out + launch.logs()
+  assert "error: injected failure on process 1" in launch.log(1), launch.log(1)
+  assert "injected failure" not in launch.log(0), launch.log(0)
+  # start-up included: 14 s on an idle 2-core machine; one heartbeat timeout (10 s) at most after
+  # process 1 is gone, nothing near the 300 s of the shutdown timeout
+  assert elapsed < 150, f"took {elapsed:.0f} s"
+
+
 def _interrupt_after_checkpoint(job, workdir, logs, after_step, sig, process):
   """Starts the run, sends `sig` to `process` once a checkpoint later than `after_step` exists,
   waits for local.sh; returns (status, console, Launch, seconds from the signal to the end)."""
