@@ -60,16 +60,26 @@ def _tiny_cnn_class():
 
 
 def get_config(arg=None):
-  """configs/pretrain.py:tiny (ARG: more variants) with the model mp_tiny_cnn, registered here."""
+  """configs/pretrain.py:tiny (ARG: more variants) with the model mp_tiny_cnn, registered here;
+  ARG `finetune[,SETTINGS]`: configs/finetune.py:tiny[,SETTINGS] with that model instead."""
   from radimagenet_jax.models import registry
   registry.register(_tiny_cnn_class())
-  spec = importlib.util.spec_from_file_location("_rij_configs_pretrain",
-                                                os.path.join(REPO, "configs", "pretrain.py"))
+  parts = [p for p in (arg or "").split(",") if p]
+  kind = "finetune" if parts[:1] == ["finetune"] else "pretrain"
+  spec = importlib.util.spec_from_file_location(f"_rij_configs_{kind}",
+                                                os.path.join(REPO, "configs", f"{kind}.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  c = module.get_config("tiny" + (f",{arg}" if arg else ""))
+  c = module.get_config(",".join(["tiny"] + parts[1 if kind == "finetune" else 0:]))
   c.model = "mp_tiny_cnn"
+  if kind == "finetune":
+    c.sweep_models = "mp_tiny_cnn"
   return c
+
+
+def finetune_args(workdir, *overrides, command="finetune", settings="") -> list:
+  arg = "finetune" + (f",{settings}" if settings else "")
+  return [command, f"--config={CONFIG}:{arg}", f"--workdir={workdir}", *overrides]
 
 
 def base_env(tmp_dir, data_dir, **extra) -> dict:

@@ -1,16 +1,20 @@
 """Several JAX processes on localhost (gloo): start-up on an empty data dir, equality with one
-process, data sharding, failures, SIGTERM and kill -9 with exact resume, the compile cache.
+process, data sharding, failures, SIGTERM and kill -9 with exact resume, the compile cache; the
+same for fine-tuning and sweeps.
 
-Every run is `launch/local.sh 2 4 -- pretrain --config=tests/multiprocess_util.py ...`: 2 processes
-x 4 simulated CPU devices, `configs/pretrain.py:tiny` on the demo data with a one-conv model (see
-tests/multiprocess_util.py), 16 steps with a checkpoint every 4 (every step in the interrupted
-runs). The runs share one compile cache
+Every pretraining run is `launch/local.sh 2 4 -- pretrain --config=tests/multiprocess_util.py ...`:
+2 processes x 4 simulated CPU devices, `configs/pretrain.py:tiny` on the demo data with a one-conv
+model (see tests/multiprocess_util.py), 16 steps with a checkpoint every 4 (every step in the
+interrupted runs); fine-tuning and sweeps use `configs/finetune.py:tiny` with that model
+(`--config=tests/multiprocess_util.py:finetune`). The runs share one compile cache
 (RADIMAGENET_JAX_CACHE) and a 10 s heartbeat timeout.
 
 Equality with one process needs the global batch of every step to hold the same examples in the
 same order (a dropout mask belongs to a batch row): the test first compares the examples each run
 read (rebuilt from the checkpointed input-pipeline states), then the parameters.
 """
+import csv
+import json
 import os
 import re
 import signal
@@ -103,6 +107,43 @@ def test_a_two_process_checkpoint_loads_in_one_process_with_load_variables(job):
   from flax import traverse_util
   flat = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(loaded).items()}
   _assert_same_params(flat, mp.params(job["workdir"]), rtol=0, atol=0)
+
+
+def _jsonl(path, split):
+  rows = [json.loads(line) for line in open(path)]
+  return [(r["step"], r["loss"]) for r in rows if r["split"] == split]
+
+
+def test_two_process_fine_tuning_equals_one_process_with_8_devices(job):
+  # Fine-tuning from the 2-process pretraining checkpoint (16 classes: its backbone, a fresh
+  # 2-class head), the tiny config: 6 steps, validation every 2 on its first 2 batches (the
+  # model selection), the lesion data built on first use by one of the two processes.
+  assert job["status"] == 0
+  args = ("--config.num_train_steps=6",)
+  settings = f"init={job['workdir']},freeze=all"
+  two, one = job["tmp"] / "finetune_two", job["tmp"] / "finetune_one"
+  status, out, launch = mp.run_local(2, 4, mp.finetune_args(two, *args, settings=settings),
+                                     job["env"], job["tmp"] / "logs_finetune")
+  assert status == 0, out + launch.logs()
+  assert "global batch 8 on 8 device(s) / 2 process(es)" in launch.log(0), launch.log(0)
+  single = mp.run_single(mp.finetune_args(one, *args, settings=settings), job["env"])
+  assert single.returncode == 0, single.stdout + single.stderr
+  # Validation on the first batches measures the same examples on 1 and 2 processes, so the
+  # losses, hence the selected `best` step, agree.
+  val_two, val_one = _jsonl(two / "metrics.jsonl", "validation"), _jsonl(one / "metrics.jsonl",
+                                                                           "validation")
+  assert [s for s, _ in val_two] == [s for s, _ in val_one] == [2, 4, 6]
+  np.testing.assert_allclose([v for _, v in val_two], [v for _, v in val_one], rtol=1e-5)
+  run_two, run_one = (json.load(open(d / "run.json")) for d in (two, one))
+  assert run_two["best_step"] == run_one["best_step"]
+  _assert_same_params(mp.params(two), mp.params(one), rtol=1e-4, atol=1e-6)
+  # The test predictions (gathered from both processes, written by process 0) and metrics.
+  rows_two, rows_one = (list(csv.DictReader(open(d / "predictions.csv"))) for d in (two, one))
+  assert [r["id"] for r in rows_two] == [r["id"] for r in rows_one] and len(rows_one) > 50
+  np.testing.assert_allclose([float(r["score_1"]) for r in rows_two],
+                             [float(r["score_1"]) for r in rows_one], atol=1e-5)
+  m_two, m_one = (json.load(open(d / "metrics.json")) for d in (two, one))
+  assert m_two["n"] == m_one["n"] and abs(m_two["auc"] - m_one["auc"]) < 1e-9
 
 
 def test_a_failed_build_stops_every_process_with_the_builders_error(job):
@@ -255,3 +296,4 @@ def test_bad_timeout_in_the_environment_is_an_error_naming_it(monkeypatch):
   with pytest.raises(ValueError, match="RADIMAGENET_JAX_HEARTBEAT_TIMEOUT='soon': expected a "
                                        "positive whole number of seconds"):
     distributed.env_seconds(distributed.HEARTBEAT_TIMEOUT_ENV, 60)
+

@@ -5,6 +5,7 @@ these tests exercise the loop itself in seconds; tests/test_cli.py runs the real
 real demo data end to end.
 """
 import json
+import math
 import os
 import sys
 import types
@@ -351,3 +352,17 @@ def test_non_finite_metrics_are_written_as_null(tmp_path):
   w.close()
   line = json.loads(open(tmp_path / "metrics.jsonl").read())   # strict JSON parses
   assert line["loss"] is None and line["top1"] == 0.5
+
+
+@pytest.mark.parametrize("n, local_batch, count", [(58, 4, 2), (17, 3, 4), (5, 4, 2), (0, 2, 2)])
+def test_process_rows_put_a_one_process_runs_batch_k_into_global_batch_k(n, local_batch, count):
+  from radimagenet_jax.train import batches
+  source = list(range(n))
+  views = [list(batches.ProcessRows(source, local_batch, i, count)) for i in range(count)]
+  # Brute force: global batch k as the sharded step assembles it, process 0's rows first.
+  chunks = [[v[b * local_batch:(b + 1) * local_batch] for b in range(math.ceil(n / (
+      local_batch * count)))] for v in views]
+  for k in range(math.ceil(n / (local_batch * count))):
+    assembled = [r for i in range(count) for r in chunks[i][k]]
+    assert assembled == source[k * local_batch * count:(k + 1) * local_batch * count], k
+  assert sorted(r for v in views for r in v) == source   # every example read once, by one process

@@ -63,6 +63,9 @@ def finetune(config, workdir: str) -> dict[str, Any]:
             for k in range(config.num_folds)}
   workdir = config_lib.resolve_workdir(workdir)
   config_lib.check_workdir_writable(workdir)
+  # Before `prepare` reads the init weights (a checkpoint restore starts JAX's backends, after
+  # which a multi-process job can no longer be joined).
+  distributed.initialize()
   prepared = prepare(config)
   os.makedirs(workdir, exist_ok=True)
   summary = loop.fit(prepared.config, workdir, prepared.task)

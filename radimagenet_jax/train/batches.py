@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
+import jax
 import numpy as np
 
 from radimagenet_jax import distributed
@@ -34,6 +35,33 @@ class Indexed(Sequence):
 
   def __repr__(self):  # grain logs its source
     return f"Indexed({self.source!r})"
+
+
+class ProcessRows(Sequence):
+  """Process ``index`` of ``count``'s rows of each global batch of ``source``, in order.
+
+  Global batch k holds records [k*B, (k+1)*B) (B = ``local_batch`` * ``count``), and process i
+  reads rows [k*B + i*L, k*B + (i+1)*L) of it, the rows it holds in the sharded batch: every
+  global eval batch holds the examples of a one-process run's batch k, in the same order, so
+  limiting an evaluation to its first batches (``eval_steps``) measures the same examples on any
+  number of processes. (Contiguous shards per process would put other examples in batch k.)
+  """
+
+  def __init__(self, source: Sequence[Mapping[str, Any]], local_batch: int, index: int,
+               count: int):
+    self.source = source
+    n, step = len(source), local_batch * count
+    self.rows = [r for start in range(index * local_batch, n, step)
+                 for r in range(start, min(start + local_batch, n))]
+
+  def __len__(self):
+    return len(self.rows)
+
+  def __getitem__(self, i):
+    return self.source[self.rows[i]]
+
+  def __repr__(self):  # grain logs its source
+    return f"ProcessRows({self.source!r}, {len(self.rows)} rows)"
 
 
 def pad(batch: Mapping[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
@@ -66,13 +94,15 @@ def padded_batches(batches: Iterable[Mapping[str, np.ndarray]], size: int, count
 def eval_batches(source, *, batch_size: int, image_size: int, preprocess_mode: str, mesh,
                  worker_count: int = 0, max_batches: int = 0, indexed: bool = False):
   """Global, padded eval batches of ``source`` ('image', 'label', 'mask'[, '_index']), in order,
-  each process reading its shard. ``batch_size`` is global."""
+  each process reading its rows of every global batch (`ProcessRows`). ``batch_size`` is global."""
   local_bs = distributed.process_batch_size(batch_size, mesh)
   src = Indexed(source) if indexed else source
+  if jax.process_count() > 1:
+    src = ProcessRows(src, local_bs, jax.process_index(), jax.process_count())
   loader = pipeline.make_loader(src, batch_size=local_bs, image_size=image_size,
                                 preprocess_mode=preprocess_mode, shuffle=False, num_epochs=1,
                                 worker_count=worker_count, drop_remainder=False,
-                                extra_keys=(INDEX_KEY,) if indexed else (),
+                                shard_by_process=False, extra_keys=(INDEX_KEY,) if indexed else (),
                                 preprocess_on_device=True)
   count = math.ceil(len(source) / batch_size)
   if max_batches:
