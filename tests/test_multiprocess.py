@@ -297,3 +297,35 @@ def test_bad_timeout_in_the_environment_is_an_error_naming_it(monkeypatch):
                                        "positive whole number of seconds"):
     distributed.env_seconds(distributed.HEARTBEAT_TIMEOUT_ENV, 60)
 
+
+SWEEP = ("--config.sweep_inits=random", "--config.sweep_folds=0,1")  # 2 runs: fold 0 and fold 1
+
+
+def test_sigterm_stops_a_sweep_with_143_and_the_next_call_resumes_its_run(job):
+  # SLURM requeues on 143 (launch/slurm.sbatch); the run that got the signal is not a failure and
+  # the sweep does not start the next one (the grace period would end it mid-run).
+  workdir = job["tmp"] / "sweep_sigterm"
+  args = mp.finetune_args(workdir, *SWEEP, "--config.num_train_steps=40",
+                          "--config.checkpoint_every=1", command="sweep", settings="sweep=tiny")
+  env = dict(job["env"], XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  proc = subprocess.Popen([sys.executable, "-m", "radimagenet_jax.cli", *args], cwd=mp.REPO,
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  lines = []
+  for line in proc.stdout:
+    lines.append(line)
+    if line.startswith("step 4/40"):
+      proc.send_signal(signal.SIGTERM)
+  out = "".join(lines)
+  assert proc.wait(timeout=300) == 143, out
+  assert re.search(r"stopped by SIGTERM at step \d+; checkpoint saved", out), out
+  assert "[2/2]" not in out and "FAILED" not in out, out
+  first = workdir / "runs" / "mp_tiny_cnn-head-lr0.01-random-fold0"
+  assert not (first / "failed.json").exists()
+  stopped = checkpoints.latest_step(first)
+  assert stopped is not None and stopped < 40
+  again = mp.run_single(args, job["env"])
+  assert again.returncode == 0, again.stdout + again.stderr
+  assert f"steps {stopped} -> 40 (resumed)" in again.stdout, again.stdout
+  rows = list(csv.DictReader(open(workdir / "results.csv")))
+  assert [r["status"] for r in rows] == ["done", "done"], rows
+

@@ -17,8 +17,8 @@ The sweep directory:
 
 A run is finished when its metrics.json exists and its run.json has "status": "done": it is skipped.
 Any other run is called again (run_one resumes from its own checkpoint). A run that raises is
-recorded as failed and the sweep goes on; KeyboardInterrupt stops the sweep (results.csv is still
-rebuilt).
+recorded as failed and the sweep goes on; SIGTERM (`Preempted`: the run saved its checkpoint) and
+KeyboardInterrupt stop the sweep (results.csv is still rebuilt), and the next call resumes that run.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from typing import Callable, Sequence
 from radimagenet_jax._files import write_json_atomic, write_text_atomic as _write_atomic  # noqa: F401
 from radimagenet_jax.finetune.scenarios import (RunSpec, Scenario, _check_unique, _fold,
                                                 _model_name, _scenario)
-from radimagenet_jax.train import config as config_lib
+from radimagenet_jax.train import config as config_lib, preemption
 
 IDENTITY_KEYS = ("dataset", "models", "scenarios", "inits", "folds")
 RESULT_COLUMNS = ("run", "model", "init", "freeze", "lr", "fold", "status", "auc", "ci_low",
@@ -143,7 +143,8 @@ def run_sweep(sweep_settings: dict, workdir: str, runs: Sequence[RunSpec],
     "status": "done" in run_dir when it succeeds (written atomically, e.g. write_json_atomic).
   write: False on the non-main processes of a multi-host run (they run, the main process writes).
   A run that raises Exception is recorded as failed (failed.json, results.csv) and the sweep goes
-  on; callers report failure with ``[r for r in rows if r["status"] == "failed"]``.
+  on, except `preemption.Preempted` (SIGTERM), which stops the sweep; callers report failure with
+  ``[r for r in rows if r["status"] == "failed"]``.
   chunks, run_chunk: batched runs instead of run_one (`finetune.parallel`): the unfinished runs
     are cut into chunks(runs), and run_chunk(chunk, run_dirs) trains each, returning per run None
     (done) or the exception that failed it; every run is recorded as with run_one.
@@ -205,6 +206,8 @@ def run_sweep(sweep_settings: dict, workdir: str, runs: Sequence[RunSpec],
         try:
           run_one(spec, run_dir)
           error = None
+        except preemption.Preempted:  # SIGTERM: the run saved its checkpoint; the sweep stops
+          raise
         except Exception as e:  # pylint: disable=broad-except
           error = e
         record(i, spec, run_dir, error)
