@@ -134,6 +134,49 @@ def exit_if_failed_alone(code: int) -> None:
   os._exit(code)
 
 
+def agree_on_outcome(tag: str, error: BaseException | None) -> BaseException | None:
+  """Every process's outcome of the unit of work ``tag`` (a sweep's run), the same on each.
+
+  In a multi-process job each process publishes whether ``tag`` failed and waits for the others
+  (up to the shutdown timeout): None when all succeeded; ``error`` itself when every process
+  failed with the same message (a NaN loss, a bad setting: what one process would report); else a
+  RuntimeError naming each failing process and its error, so that every process records the same
+  failure, with its real cause, and they go on to the next unit together. When the others do not
+  report within the timeout (one is stuck in a collective that the failing one left), raises
+  RuntimeError: the job has to end (re-running resumes). Single process: returns ``error``.
+  """
+  client = coordination_client()
+  if client is None:
+    return error
+  import json  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  me, count = process_info()
+  text = "" if error is None else f"{type(error).__name__}: {error}".strip().splitlines()[0][:500]
+  prefix = f"radimagenet_jax/outcome/{tag}"
+  client.key_value_set(f"{prefix}/{me}", json.dumps(text))
+  timeout_s = env_seconds(SHUTDOWN_TIMEOUT_ENV, DEFAULT_SHUTDOWN_TIMEOUT_S)
+  started, delay = time.monotonic(), 0.01
+  while True:
+    got = {int(key.rsplit("/", 1)[1]): json.loads(value)
+           for key, value in client.key_value_dir_get(f"{prefix}/")}
+    if len(got) == count:
+      break
+    if time.monotonic() - started > timeout_s:
+      state = f"failed ({text})" if text else "finished"
+      raise RuntimeError(f"{tag}: process {me} {state}, but processes "
+                         f"{sorted(set(range(count)) - set(got))} did not finish it within "
+                         f"{timeout_s} s ({SHUTDOWN_TIMEOUT_ENV}); ending the job, re-running "
+                         f"the command resumes.") from error
+    time.sleep(delay)
+    delay = min(delay * 2, 1.0)
+  failures = {i: t for i, t in sorted(got.items()) if t}
+  if not failures:
+    return None
+  if len(failures) == count and len(set(failures.values())) == 1 and error is not None:
+    return error
+  return RuntimeError("; ".join(f"process {i}: {t}" for i, t in failures.items()))
+
+
 def coordination_client():
   """The jax.distributed client (key-value store, barriers) of a multi-process job, else None.
 

@@ -329,3 +329,23 @@ def test_sigterm_stops_a_sweep_with_143_and_the_next_call_resumes_its_run(job):
   rows = list(csv.DictReader(open(workdir / "results.csv")))
   assert [r["status"] for r in rows] == ["done", "done"], rows
 
+
+def test_a_sweep_run_failing_on_one_process_is_recorded_with_its_cause_and_the_rerun_does_it(job):
+  # Process 1 alone fails (tracing its model) in every run, while process 0 waits for it in a
+  # collective until that gives up: both must record the same failure, with process 1's error as
+  # the cause, and go on together; re-running without the failure retries the failed runs.
+  workdir = job["tmp"] / "sweep_failing"
+  args = mp.finetune_args(workdir, *SWEEP, command="sweep", settings="sweep=tiny")
+  status, out, launch = mp.run_local(2, 4, args, dict(job["env"], **{mp.FAIL_ENV: "1"}),
+                                     job["tmp"] / "logs_sweep_failing", timeout=400)
+  assert status == 1, out + launch.logs()
+  for name in ("mp_tiny_cnn-head-lr0.01-random-fold0", "mp_tiny_cnn-head-lr0.01-random-fold1"):
+    failed = json.load(open(workdir / "runs" / name / "failed.json"))
+    assert "process 1: ValueError: injected failure on process 1" in failed["error"], failed
+    for i in range(2):
+      assert re.search(rf"{name}: FAILED: .*process 1: ValueError: injected failure",
+                       launch.log(i)), launch.log(i)
+  status, out, launch = mp.run_local(2, 4, args, job["env"], job["tmp"] / "logs_sweep_rerun")
+  assert status == 0, out + launch.logs()
+  rows = list(csv.DictReader(open(workdir / "results.csv")))
+  assert [r["status"] for r in rows] == ["done", "done"], rows

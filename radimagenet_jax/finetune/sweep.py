@@ -19,6 +19,8 @@ A run is finished when its metrics.json exists and its run.json has "status": "d
 Any other run is called again (run_one resumes from its own checkpoint). A run that raises is
 recorded as failed and the sweep goes on; SIGTERM (`Preempted`: the run saved its checkpoint) and
 KeyboardInterrupt stop the sweep (results.csv is still rebuilt), and the next call resumes that run.
+With several processes, every process records the same outcome of each run
+(`distributed.agree_on_outcome`).
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ import os
 import traceback
 from typing import Callable, Sequence
 
+from radimagenet_jax import distributed
 from radimagenet_jax._files import write_json_atomic, write_text_atomic as _write_atomic  # noqa: F401
 from radimagenet_jax.finetune.scenarios import (RunSpec, Scenario, _check_unique, _fold,
                                                 _model_name, _scenario)
@@ -210,6 +213,9 @@ def run_sweep(sweep_settings: dict, workdir: str, runs: Sequence[RunSpec],
           raise
         except Exception as e:  # pylint: disable=broad-except
           error = e
+        # Several processes: all record the same outcome (the failing process's own error) and
+        # go on together; one stuck in a collective the other left ends the job instead.
+        error = distributed.agree_on_outcome(spec.name, error)
         record(i, spec, run_dir, error)
         if write:
           write_results(workdir)
@@ -222,7 +228,14 @@ def run_sweep(sweep_settings: dict, workdir: str, runs: Sequence[RunSpec],
           pending[spec.name] = run_dir
       for group in chunks([spec for spec in runs if spec.name in pending]):
         log(f"batched: {len(group)} run(s) in one step: {', '.join(s.name for s in group)}")
-        errors = run_chunk(group, [pending[s.name] for s in group])
+        try:
+          errors = run_chunk(group, [pending[s.name] for s in group])
+        except preemption.Preempted:
+          raise
+        except Exception as e:  # pylint: disable=broad-except
+          errors = [e] * len(group)
+        errors = [distributed.agree_on_outcome(spec.name, error)
+                  for spec, error in zip(group, errors)]
         for spec, error in zip(group, errors):
           record(order[spec.name], spec, pending[spec.name], error)
         if write:
