@@ -53,7 +53,15 @@ def manager(workdir: str | os.PathLike, *, keep: int | None = None,
   (None or 0: all)."""
   directory = os.path.join(os.path.abspath(os.fspath(workdir)), CHECKPOINT_SUBDIR)
   # Readers open with create=False (nothing is written); not read_only=True, which only warns.
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep or None, create=not read_only)
+  # A reader is this process's own business: its manager syncs with no other process. (Orbax's
+  # manager syncs all processes when it opens; a reader opened where a file-system check passed,
+  # e.g. `latest_step` once a run created its folder, can pass on one process and not on another,
+  # and the unmatched sync then pairs with the next one of the others: a mismatch error or a hang.)
+  me = jax.process_index()
+  local = (ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+           if read_only and jax.process_count() > 1 else ocp.options.MultiprocessingOptions())
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep or None, create=not read_only,
+                                         multiprocessing_options=local)
   handlers = {VARIABLES: ocp.StandardCheckpointHandler(), TRAIN: ocp.StandardCheckpointHandler(),
               METADATA: ocp.JsonCheckpointHandler(), DATA_ITER: _grain_handler()}
   return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)

@@ -349,3 +349,27 @@ def test_a_sweep_run_failing_on_one_process_is_recorded_with_its_cause_and_the_r
   assert status == 0, out + launch.logs()
   rows = list(csv.DictReader(open(workdir / "results.csv")))
   assert [r["status"] for r in rows] == ["done", "done"], rows
+
+
+def test_a_batched_sweep_on_two_processes_gives_the_results_of_one_process(job):
+  # parallel_runs=2 (finetune.parallel: the runs' states vmapped in one step), its batch sharded
+  # over the 2 x 4 devices; the two folds' runs go to two chunks (one data split per chunk). An
+  # empty data dir: process 0 builds the lesion set while process 1 waits, so process 0 creates
+  # the first run's checkpoint folder before process 1 looks for it (`checkpoints.latest_step`),
+  # which must not put an unmatched Orbax sync on process 1.
+  args = (*SWEEP, "--config.parallel_runs=2")
+  env = dict(job["env"], TFDS_DATA_DIR=str(job["tmp"] / "tfds_batched"))
+  two, one = job["tmp"] / "batched_two", job["tmp"] / "batched_one"
+  status, out, launch = mp.run_local(2, 4, mp.finetune_args(two, *args, command="sweep",
+                                                            settings="sweep=tiny"),
+                                     env, job["tmp"] / "logs_batched")
+  assert status == 0, out + launch.logs()
+  assert "runs in one step" in launch.log(0), launch.log(0)
+  single = mp.run_single(mp.finetune_args(one, *args, command="sweep", settings="sweep=tiny"), env)
+  assert single.returncode == 0, single.stdout + single.stderr
+  rows_two, rows_one = (list(csv.DictReader(open(d / "results.csv"))) for d in (two, one))
+  assert [r["status"] for r in rows_two] == ["done", "done"], rows_two
+  assert [r["run"] for r in rows_two] == [r["run"] for r in rows_one]
+  np.testing.assert_allclose([float(r["auc"]) for r in rows_two],
+                             [float(r["auc"]) for r in rows_one], rtol=1e-6)
+  assert [r["best_epoch"] for r in rows_two] == [r["best_epoch"] for r in rows_one]
