@@ -7,6 +7,7 @@ in the ml_collections / big_vision style.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 
@@ -97,7 +98,13 @@ def _evaluate(argv):
   config, workdir, extra = _config_command(
       argv, "evaluate", config_required=False,
       extra_flags=(("step", None, "checkpoint step (default: the latest)"),
-                   ("split", None, "split to evaluate (default: the config's eval_split)")))
+                   ("split", None, "split to evaluate (default: the config's eval_split; for a "
+                    "fine-tuning run, its own validation set: train / validation / test are the "
+                    "run's sets)")))
+  if os.path.isfile(os.path.join(os.path.expanduser(workdir), "run.json")):  # a fine-tuning run
+    from radimagenet_jax.finetune import run as run_lib
+    run_lib.evaluate_run(workdir, step=extra["step"], split=extra["split"], config=config)
+    return
   from radimagenet_jax.train import evaluate_command
   evaluate_command.evaluate_workdir(workdir, step=extra["step"], split=extra["split"], config=config)
 

@@ -95,3 +95,27 @@ def test_sweep_resumes_and_report_recomputes_the_paired_delong_test(
   expected = rij.evaluate.delong_test(labels, scores_a, scores_b[order])
   assert comparison["test"]["p_value"] == pytest.approx(expected["p_value"], rel=1e-9)
   assert comparison["auc_a"] == pytest.approx(roc_auc_score(labels, scores_a), abs=1e-12)
+
+
+def test_evaluate_on_a_fine_tuning_run_uses_the_runs_own_sets(tmp_path, demo_data_dir, weights,
+                                                              capsys):
+  # The lesion set's own 'validation' split is not the run's: with folds most of it is in the run's
+  # training set. `evaluate` defaults to the run's validation set (the one `best` was chosen on)
+  # and reaches its test fold; a --config with preprocess=auto takes the run's resolved mode.
+  work = tmp_path / "run"
+  common = _common(demo_data_dir, weights)
+  assert cli.main(["finetune", f"--config={CONFIG}:tiny,freeze=head,init=random",
+                   f"--workdir={work}", *common]) == 0
+  run = json.load(open(work / "run.json"))
+  evals = [json.loads(l) for l in open(work / "metrics.jsonl")]
+  last = [e for e in evals if e["split"] == "validation"][-1]
+  capsys.readouterr()
+  assert cli.main(["evaluate", f"--workdir={work}"]) == 0
+  result = json.load(open(work / f"eval_validation_step{last['step']}.json"))
+  assert result["eval"]["loss"] == pytest.approx(last["loss"], rel=1e-5)   # the same examples
+  assert cli.main(["evaluate", f"--config={CONFIG}:tiny", f"--workdir={work}", "--split", "test",
+                   "--step", str(run["best_step"]), "--config.eval_steps=0", *common]) == 0
+  test = json.load(open(work / f"eval_test_step{run['best_step']}.json"))
+  metrics = json.load(open(work / "metrics.json"))   # computed with best/ on the test fold
+  assert test["eval"]["count"] == metrics["n"]
+  assert test["eval"]["top1"] == pytest.approx(metrics["accuracy"], abs=1e-6)

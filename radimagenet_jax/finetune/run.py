@@ -72,6 +72,26 @@ def finetune(config, workdir: str) -> dict[str, Any]:
   return finish(prepared, workdir, summary)
 
 
+RUN_SETS = ("train", "validation", "test")
+
+
+def evaluate_run(workdir: str, *, step: int | None = None, split: str | None = None,
+                 config=None) -> dict[str, Any]:
+  """`radimagenet-jax evaluate` on a fine-tuning run's workdir: its checkpoint (latest, or
+  ``step``) on one of the run's own sets, rebuilt from its config as in training: ``validation``
+  (the default: the set its `best` was chosen on), ``train`` or ``test`` (its fold); any other
+  ``split`` is a TFDS split of the data set. (The data set's own 'validation' split is not the
+  run's: with folds, most of it is in the run's training set.)"""
+  from radimagenet_jax.train import evaluate_command  # pylint: disable=g-import-not-at-top
+  distributed.initialize()
+  workdir = config_lib.resolve_workdir(workdir)
+  config = evaluate_command.workdir_config(workdir, config)
+  split = split or "validation"
+  source = load_sets(config)[1][split] if split in RUN_SETS else None
+  return evaluate_command.evaluate_workdir(workdir, step=step, split=split, config=config,
+                                           source=source)
+
+
 @dataclasses.dataclass
 class Prepared:
   """A run ready for the engine: its config (preprocess resolved), data, task and run.json."""

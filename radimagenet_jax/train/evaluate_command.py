@@ -16,31 +16,43 @@ from radimagenet_jax.train import loop, steps, summary as summary_lib
 from radimagenet_jax.train.evaluation import run_eval
 
 
+def workdir_config(workdir: str, config=None) -> ml_collections.ConfigDict:
+  """The config a workdir's run was trained with (its config.json), or a copy of ``config`` when
+  given, whose ``preprocess='auto'`` (a fine-tuning config) becomes the mode the run resolved."""
+  config_path = os.path.join(workdir, "config.json")
+  saved = None
+  if os.path.isfile(config_path):
+    with open(config_path) as f:
+      saved = ml_collections.ConfigDict(json.load(f))
+  if config is None:
+    if saved is None:
+      raise FileNotFoundError(f"{workdir}: no config.json; expected the workdir of a `pretrain` "
+                              f"or `finetune` run.")
+    return saved
+  config = ml_collections.ConfigDict(config.to_dict())
+  if config.get("preprocess") == "auto" and saved is not None:
+    config.preprocess = saved.preprocess
+  return config
+
+
 def evaluate_workdir(workdir: str, *, step: int | None = None, split: str | None = None,
-                     config=None) -> dict[str, Any]:
+                     config=None, source=None) -> dict[str, Any]:
   """`radimagenet-jax evaluate --workdir=DIR [--step N] [--split S]`: the workdir's checkpoint
   (latest, or ``step``) on its config's eval split (or ``split``), with the config it was trained
-  with (the workdir's config.json; or ``config`` when given); writes
-  ``<workdir>/eval_<split>_step<N>.json``."""
+  with (`workdir_config`); writes ``<workdir>/eval_<split>_step<N>.json``. ``source``: the
+  examples of ``split`` when they are not a TFDS split (a fine-tuning run's own sets)."""
   distributed.initialize()
   workdir = config_lib.resolve_workdir(workdir)
   config_lib.check_workdir_writable(workdir)  # before a minute of evaluation, not after
-  if config is None:
-    config_path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(config_path):
-      raise FileNotFoundError(f"{workdir}: no config.json; expected the workdir of a `pretrain` "
-                              f"or `finetune` run.")
-    with open(config_path) as f:
-      config = ml_collections.ConfigDict(json.load(f))
-  else:
-    config = ml_collections.ConfigDict(config.to_dict())
+  config = workdir_config(workdir, config)
   if split:
     config.eval_split = split
   step = ckpt_lib.latest_step(workdir) if step is None else int(step)
   if step is None:
     raise FileNotFoundError(f"{workdir}: no checkpoint to evaluate; train first.")
   mesh = distributed.make_mesh()
-  source = tfds_source.open_source(config.dataset, config.eval_split, config.data_dir or None)
+  if source is None:
+    source = tfds_source.open_source(config.dataset, config.eval_split, config.data_dir or None)
   class_names = tfds_source.class_names(source)
   meta = ckpt_lib.read_metadata(workdir, step)
   num_classes = int(meta.get("num_classes") or config.num_classes or len(class_names))
