@@ -57,11 +57,12 @@ def manager(workdir: str | os.PathLike, *, keep: int | None = None,
   # manager syncs all processes when it opens; a reader opened where a file-system check passed,
   # e.g. `latest_step` once a run created its folder, can pass on one process and not on another,
   # and the unmatched sync then pairs with the next one of the others: a mismatch error or a hang.)
-  me = jax.process_index()
-  local = (ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
-           if read_only and jax.process_count() > 1 else ocp.options.MultiprocessingOptions())
+  processes = ocp.options.MultiprocessingOptions()
+  if read_only and jax.process_count() > 1:
+    me = jax.process_index()
+    processes = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
   options = ocp.CheckpointManagerOptions(max_to_keep=keep or None, create=not read_only,
-                                         multiprocessing_options=local)
+                                         multiprocessing_options=processes)
   handlers = {VARIABLES: ocp.StandardCheckpointHandler(), TRAIN: ocp.StandardCheckpointHandler(),
               METADATA: ocp.JsonCheckpointHandler(), DATA_ITER: _grain_handler()}
   return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)

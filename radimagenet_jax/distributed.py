@@ -19,6 +19,7 @@ import functools
 import logging
 import os
 import sys
+from typing import Callable
 
 import jax
 import numpy as np
@@ -102,11 +103,16 @@ def initialize() -> None:
                jax.device_count())
 
 
-def in_multiprocess_job() -> bool:
-  """Whether this process has joined a jax.distributed job of several processes (no start-up)."""
+def _joined_client():
+  """The jax.distributed client when this process has joined a job of several processes."""
   from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
   state = jax_distributed.global_state
-  return state.client is not None and (state.num_processes or 1) > 1
+  return state.client if (state.num_processes or 1) > 1 else None
+
+
+def in_multiprocess_job() -> bool:
+  """Whether this process has joined a jax.distributed job of several processes (no start-up)."""
+  return _joined_client() is not None
 
 
 def exit_if_failed_alone(code: int) -> None:
@@ -120,12 +126,11 @@ def exit_if_failed_alone(code: int) -> None:
   loss, a failed dataset build), the normal exit follows with its clean shutdown; when the barrier
   times out, this process exits with ``code`` and the coordination service stops the others.
   """
-  if not in_multiprocess_job():
+  client = _joined_client()
+  if client is None:
     return
-  from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
   try:
-    jax_distributed.global_state.client.wait_at_barrier("radimagenet_jax_error_exit",
-                                                        ERROR_AGREEMENT_S * 1000)
+    client.wait_at_barrier("radimagenet_jax_error_exit", ERROR_AGREEMENT_S * 1000)
     return
   except Exception:  # pylint: disable=broad-except  (the barrier timed out: this one failed alone)
     pass
@@ -134,13 +139,14 @@ def exit_if_failed_alone(code: int) -> None:
   os._exit(code)
 
 
-def agree_on_outcome(tag: str, error: BaseException | None) -> BaseException | None:
+def agree_on_outcome(tag: str, error: BaseException | None, *,
+                     describe: Callable[[BaseException], str]) -> BaseException | None:
   """Every process's outcome of the unit of work ``tag`` (a sweep's run), the same on each.
 
   In a multi-process job each process publishes whether ``tag`` failed and waits for the others
   (up to the shutdown timeout): None when all succeeded; ``error`` itself when every process
   failed with the same message (a NaN loss, a bad setting: what one process would report); else a
-  RuntimeError naming each failing process and its error, so that every process records the same
+  RuntimeError naming each failing process and its error (``describe(error)``, one line), so that every process records the same
   failure, with its real cause, and they go on to the next unit together. When the others do not
   report within the timeout (one is stuck in a collective that the failing one left), raises
   RuntimeError: the job has to end (re-running resumes). Single process: returns ``error``.
@@ -151,7 +157,7 @@ def agree_on_outcome(tag: str, error: BaseException | None) -> BaseException | N
   import json  # pylint: disable=g-import-not-at-top
   import time  # pylint: disable=g-import-not-at-top
   me, count = process_info()
-  text = "" if error is None else f"{type(error).__name__}: {error}".strip().splitlines()[0][:500]
+  text = "" if error is None else describe(error)
   prefix = f"radimagenet_jax/outcome/{tag}"
   client.key_value_set(f"{prefix}/{me}", json.dumps(text))
   timeout_s = env_seconds(SHUTDOWN_TIMEOUT_ENV, DEFAULT_SHUTDOWN_TIMEOUT_S)
@@ -184,11 +190,7 @@ def coordination_client():
   process builds a missing dataset (`radimagenet_jax.data.build.once`).
   """
   initialize()
-  from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
-  state = jax_distributed.global_state
-  if state.client is None or (state.num_processes or 1) <= 1:
-    return None
-  return state.client
+  return _joined_client()
 
 
 def process_info() -> tuple[int, int]:

@@ -83,7 +83,6 @@ def evaluate_run(workdir: str, *, step: int | None = None, split: str | None = N
   ``split`` is a TFDS split of the data set. (The data set's own 'validation' split is not the
   run's: with folds, most of it is in the run's training set.)"""
   from radimagenet_jax.train import evaluate_command  # pylint: disable=g-import-not-at-top
-  distributed.initialize()
   workdir = config_lib.resolve_workdir(workdir)
   config = evaluate_command.workdir_config(workdir, config)
   split = split or "validation"

@@ -150,7 +150,8 @@ def run_sweep(sweep_settings: dict, workdir: str, runs: Sequence[RunSpec],
   ``[r for r in rows if r["status"] == "failed"]``.
   chunks, run_chunk: batched runs instead of run_one (`finetune.parallel`): the unfinished runs
     are cut into chunks(runs), and run_chunk(chunk, run_dirs) trains each, returning per run None
-    (done) or the exception that failed it; every run is recorded as with run_one.
+    (done) or the exception that failed it (an exception it raises fails every run of the chunk);
+    every run is recorded as with run_one.
   """
   workdir = config_lib.resolve_workdir(workdir)
   identity = sweep_identity(sweep_settings)
@@ -215,7 +216,7 @@ def run_sweep(sweep_settings: dict, workdir: str, runs: Sequence[RunSpec],
           error = e
         # Several processes: all record the same outcome (the failing process's own error) and
         # go on together; one stuck in a collective the other left ends the job instead.
-        error = distributed.agree_on_outcome(spec.name, error)
+        error = distributed.agree_on_outcome(spec.name, error, describe=_one_line)
         record(i, spec, run_dir, error)
         if write:
           write_results(workdir)
@@ -234,7 +235,7 @@ def run_sweep(sweep_settings: dict, workdir: str, runs: Sequence[RunSpec],
           raise
         except Exception as e:  # pylint: disable=broad-except
           errors = [e] * len(group)
-        errors = [distributed.agree_on_outcome(spec.name, error)
+        errors = [distributed.agree_on_outcome(spec.name, error, describe=_one_line)
                   for spec, error in zip(group, errors)]
         for spec, error in zip(group, errors):
           record(order[spec.name], spec, pending[spec.name], error)
