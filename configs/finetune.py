@@ -1,4 +1,4 @@
-r"""Fine-tuning on the paper's downstream data sets (FIDELITY.md "Downstream fine-tuning").
+r"""Fine-tuning on the paper's downstream data sets (docs/fidelity.md "Downstream fine-tuning").
 
 Usage:
   radimagenet-jax finetune --config=configs/finetune.py:busi,model=resnet50,init=radimagenet,freeze=top10,lr=1e-3,fold=0 \
@@ -28,7 +28,7 @@ import ml_collections
 from radimagenet_jax import config_arg
 from radimagenet_jax.train import config
 
-# variant -> (TFDS dataset, augmentation preset, cross-validated); FIDELITY.md "Augmentation".
+# variant -> (TFDS dataset, augmentation preset, cross-validated); docs/fidelity.md "Augmentation".
 DATASETS = {
     "busi": ("busi/benign_vs_malignant", "paper", True),
     "ddti": ("ddti/tirads4", "paper", True),

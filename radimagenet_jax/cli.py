@@ -105,7 +105,7 @@ def _evaluate(argv):
     from radimagenet_jax.finetune import run as run_lib
     run_lib.evaluate_run(workdir, step=extra["step"], split=extra["split"], config=config)
     return
-  from radimagenet_jax.train import evaluate_command
+  from radimagenet_jax.evaluate import command as evaluate_command
   evaluate_command.evaluate_workdir(workdir, step=extra["step"], split=extra["split"], config=config)
 
 

@@ -12,7 +12,7 @@ from flax import traverse_util
 
 import radimagenet_jax as rij
 from radimagenet_jax import checkpoints, distributed
-from radimagenet_jax.finetune import freeze, init as init_lib
+from radimagenet_jax.finetune import freeze, initial_weights as init_lib
 from radimagenet_jax.train import optim, state as state_lib, steps
 
 SIZE = 32

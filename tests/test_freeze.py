@@ -19,7 +19,7 @@ from radimagenet_jax.finetune import freeze
 MODELS = {"resnet50": 32, "densenet121": 32, "inception_v3": 75, "inception_resnet_v2": 75}
 KERAS_APPS = {"resnet50": "ResNet50", "densenet121": "DenseNet121",
               "inception_v3": "InceptionV3", "inception_resnet_v2": "InceptionResNetV2"}
-# FIDELITY.md: trainable backbone parameters of the paper's "top 10 layers" mode.
+# docs/fidelity.md: trainable backbone parameters of the paper's "top 10 layers" mode.
 FIDELITY_TOP10 = {"resnet50": 3_416_576, "densenet121": 168_128, "inception_v3": 192,
                   "inception_resnet_v2": 4_130_592}
 HEAD_PARAMS = {"resnet50": 2048 * 2 + 2, "densenet121": 1024 * 2 + 2, "inception_v3": 2048 * 2 + 2,

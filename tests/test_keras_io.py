@@ -422,5 +422,5 @@ def test_convert_then_create_loads_the_weights(model_files, tmp_path, capsys):
   text = capsys.readouterr().out
   assert "Keras 2 full model" in text and "2.6.0" in text and "tensorflow" in text
   assert f"matches model:   {name}" in text
-  assert "23,587,712" in text  # FIDELITY.md: ResNet50 notop parameters with BN statistics
+  assert "23,587,712" in text  # docs/fidelity.md: ResNet50 notop parameters with BN statistics
   assert "176 (106 with weights)" in text and "none (notop file)" in text

@@ -31,7 +31,7 @@ TOL = 1e-4
 # makes the network well conditioned (errors 2e-5) without changing what is being compared.
 BETA_SHIFT = 1.0
 
-# FIDELITY.md: layers of the include_top=False, pooling=None model; notop parameters with BN
+# docs/fidelity.md: layers of the include_top=False, pooling=None model; notop parameters with BN
 # statistics; trainable backbone parameters of layers[-10:] of the pooling='avg' model.
 EXPECTED = {
     "inception_v3": dict(layers=311, params=21_802_784, top10=192),

@@ -19,7 +19,7 @@ from tests import keras_oracle
 
 MODELS = ("resnet50", "densenet121")
 SIZE, BATCH = 64, 4
-# FIDELITY.md: layers without the pooling layer, notop parameters (with BN statistics), and
+# docs/fidelity.md: layers without the pooling layer, notop parameters (with BN statistics), and
 # trainable backbone parameters of the "top 10 layers" fine-tuning mode.
 EXPECTED = {
     "resnet50": dict(layers=175, notop_params=23_587_712, top10_trainable=3_416_576),

@@ -1,4 +1,4 @@
-"""Preprocessing modes against the FIDELITY.md formula and Keras' imagenet_utils.preprocess_input."""
+"""Preprocessing modes against the docs/fidelity.md formula and Keras' imagenet_utils.preprocess_input."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,7 +20,7 @@ def _keras_preprocess(x, mode):
 
 
 def test_radimagenet_mode_is_fidelity_formula(rgb):
-  # FIDELITY.md: x = (BGR(img) - [103.939, 116.779, 123.68]) / 255, no std.
+  # docs/fidelity.md: x = (BGR(img) - [103.939, 116.779, 123.68]) / 255, no std.
   img = rgb.astype(np.float64)
   expected = (img[..., ::-1] - np.array([103.939, 116.779, 123.68])) / 255.0
   got = rij.data.preprocess(rgb)

@@ -1,4 +1,5 @@
-"""README.md as a user meets it: every ```python block runs, every `radimagenet-jax` line parses.
+"""README.md and the docs pages as a user meets them: every ```python block runs, every
+`radimagenet-jax` line parses, and the docs site builds with warnings as errors.
 
 Each python block runs in a fresh subprocess, as a user would paste it: cwd a new folder holding
 stand-ins for the files a user downloads that the snippets name (`RadImageNet-<Model>_notop.h5`,
@@ -26,6 +27,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
+DOCS = os.path.join(ROOT, "docs")
+PAGES = [README] + sorted(os.path.join(DOCS, f) for f in os.listdir(DOCS) if f.endswith(".md"))
 SKIP = re.compile(r"^<!--\s*snippet:\s*skip\s*\((.*)\)\s*-->$")
 TIMEOUT_S = 600
 # Files users download, by the name the release gives them -> model.
@@ -53,7 +56,12 @@ def blocks(language: str, path: str = README):
   return out
 
 
-PYTHON = blocks("python")
+def _rel(path):
+  return os.path.relpath(path, ROOT)
+
+
+# (page, line, code, skip reason) of every python block of the README and the docs pages.
+PYTHON = [(_rel(p), line, code, skip) for p in PAGES for line, code, skip in blocks("python", p)]
 
 
 def _random_variables(name: str):
@@ -81,7 +89,7 @@ def downloads(tmp_path_factory):
   """Stand-ins for the downloaded files that the python blocks name (made once, linked per run)."""
   import radimagenet_jax as rij
   d = tmp_path_factory.mktemp("downloads")
-  text = "".join(code for _, code, skip in PYTHON if skip is None)
+  text = "".join(code for _, _, code, skip in PYTHON if skip is None)
   for file_name, model in DOWNLOADS.items():
     if re.search(rf"[\"']{re.escape(file_name)}[\"']", text):
       rij.keras_io.save_h5(_random_variables(model), model, d / file_name, format="legacy")
@@ -96,10 +104,10 @@ def _env(home, data_dir):
   return env
 
 
-@pytest.mark.parametrize("line,code,skip", PYTHON, ids=[f"README.md:{l}" for l, _, _ in PYTHON])
-def test_python_block_runs(line, code, skip, downloads, demo_data_dir, tmp_path):
+@pytest.mark.parametrize("page,line,code,skip", PYTHON, ids=[f"{p}:{l}" for p, l, _, _ in PYTHON])
+def test_python_block_runs(page, line, code, skip, downloads, demo_data_dir, tmp_path):
   if skip is not None:
-    pytest.skip(f"README.md:{line}: {skip}")
+    pytest.skip(f"{page}:{line}: {skip}")
   home, cwd = tmp_path / "home", tmp_path / "cwd"
   home.mkdir()
   cwd.mkdir()
@@ -112,7 +120,7 @@ def test_python_block_runs(line, code, skip, downloads, demo_data_dir, tmp_path)
   if proc.returncode != 0:
     err = proc.stderr
     first = err[err.find("Traceback"):] if "Traceback" in err else err
-    pytest.fail(f"README.md:{line}: the python block failed (exit {proc.returncode}); mark it "
+    pytest.fail(f"{page}:{line}: the python block failed (exit {proc.returncode}); mark it "
                 f"'<!-- snippet: skip (reason) -->' if it needs what a user would not have.\n"
                 f"{code}\n--- stderr (first traceback) ---\n{first[:2500]}\n--- stderr (end) ---\n"
                 f"{err[-800:]}", pytrace=False)
@@ -177,15 +185,28 @@ def check_command(argv) -> None:
     assert os.path.isdir(os.path.join(ROOT, "tfds_builders", dataset)), f"no builder {dataset!r}"
 
 
-COMMANDS = command_lines()
+COMMANDS = [(_rel(p), line, argv) for p in PAGES for line, argv in command_lines(p)]
 
 
-@pytest.mark.parametrize("line,argv", COMMANDS, ids=[f"README.md:{l}" for l, _ in COMMANDS])
-def test_command_line_names_existing_command_config_and_options(line, argv):
+@pytest.mark.parametrize("page,line,argv", COMMANDS, ids=[f"{p}:{l}" for p, l, _ in COMMANDS])
+def test_command_line_names_existing_command_config_and_options(page, line, argv):
   try:
     check_command(argv)
   except AssertionError as e:
-    raise AssertionError(f"README.md:{line}: radimagenet-jax {shlex.join(argv)}: {e}") from None
+    raise AssertionError(f"{page}:{line}: radimagenet-jax {shlex.join(argv)}: {e}") from None
+
+
+def test_docs_site_builds_with_warnings_as_errors(tmp_path):
+  """mkdocs (material theme) builds the manual in strict mode: a broken link or anchor, a page
+  missing from the navigation or a markdown error fails the build."""
+  proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q",
+                         "--site-dir", str(tmp_path / "site")], cwd=ROOT, capture_output=True,
+                        text=True, timeout=TIMEOUT_S, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  for page in PAGES[1:]:
+    name = os.path.splitext(os.path.basename(page))[0]
+    built = tmp_path / "site" / ("index.html" if name == "index" else f"{name}/index.html")
+    assert built.is_file(), f"{_rel(page)} was not built"
 
 
 def test_the_parsers_find_blocks_skips_and_commands(tmp_path):

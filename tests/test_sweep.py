@@ -10,7 +10,7 @@ import pytest
 
 from radimagenet_jax.finetune import scenarios, sweep
 
-# FIDELITY.md "Downstream fine-tuning": 4 CNNs x {unfreeze all at 1e-3 and 1e-4; freeze all (head
+# docs/fidelity.md "Downstream fine-tuning": 4 CNNs x {unfreeze all at 1e-3 and 1e-4; freeze all (head
 # only) at 1e-2 and 1e-3; top 10 layers at 1e-2 and 1e-3}.
 FIDELITY_SCENARIOS = {(m, f, lr) for m in ("resnet50", "densenet121", "inception_v3",
                                            "inception_resnet_v2")

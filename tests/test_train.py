@@ -356,9 +356,9 @@ def test_non_finite_metrics_are_written_as_null(tmp_path):
 
 @pytest.mark.parametrize("n, local_batch, count", [(58, 4, 2), (17, 3, 4), (5, 4, 2), (0, 2, 2)])
 def test_process_rows_put_a_one_process_runs_batch_k_into_global_batch_k(n, local_batch, count):
-  from radimagenet_jax.train import batches
+  from radimagenet_jax.train import eval_batches
   source = list(range(n))
-  views = [list(batches.ProcessRows(source, local_batch, i, count)) for i in range(count)]
+  views = [list(eval_batches.ProcessRows(source, local_batch, i, count)) for i in range(count)]
   # Brute force: global batch k as the sharded step assembles it, process 0's rows first.
   chunks = [[v[b * local_batch:(b + 1) * local_batch] for b in range(math.ceil(n / (
       local_batch * count)))] for v in views]

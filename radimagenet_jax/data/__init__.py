@@ -2,7 +2,7 @@
 
 `preprocess` is re-exported (`rij.data.preprocess(images, mode='radimagenet')`). The other submodules
 are imported on first attribute access, so importing the package does not pull in grain or TFDS:
-- `preprocess`: the preprocessing modes (FIDELITY.md);
+- `preprocess`: the preprocessing modes (docs/fidelity.md);
 - `augment`: Keras ImageDataGenerator-exact augmentation; `augment_device`: the same warp in the
   jitted step; `pipeline`: TFDS source -> grain loader
   (`tfds_source`: opening the TFDS source; `transforms`: the per-record decode, resize, augment);

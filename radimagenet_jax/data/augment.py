@@ -65,7 +65,7 @@ class AugmentConfig:
             self.zoom_bounds == (1.0, 1.0) and not self.horizontal_flip and not self.vertical_flip)
 
 
-# FIDELITY.md "Downstream fine-tuning": the per-dataset ImageDataGenerator arguments of the paper.
+# docs/fidelity.md "Downstream fine-tuning": the per-dataset ImageDataGenerator arguments of the paper.
 PRESETS: dict[str, AugmentConfig] = {
     "none": AugmentConfig(),
     # thyroid, breast, ACL, meniscus

@@ -1,6 +1,6 @@
 """Patient-grouped splits: 75/10/15 train/validation/test and stratified grouped k-fold.
 
-The paper splits every dataset by patient (FIDELITY.md "Splits 75/10/15 by patient"; thyroid, breast,
+The paper splits every dataset by patient (docs/fidelity.md "Splits 75/10/15 by patient"; thyroid, breast,
 ACL and meniscus use 5-fold cross-validation), so no patient's images are on both sides. Builders use
 these functions to make their TFDS splits; users can also split any source at pipeline time:
 

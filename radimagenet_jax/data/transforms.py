@@ -1,6 +1,6 @@
 """The grain per-record transforms of the input pipeline: decode, resize, augment, finalize.
 
-The per-record work follows the official Keras feeding (FIDELITY.md "Input preprocessing"): decode,
+The per-record work follows the official Keras feeding (docs/fidelity.md "Input preprocessing"): decode,
 nearest-neighbour resize (`PIL.Image.NEAREST`, as `keras.utils.load_img` does; 'bilinear' optional),
 ImageDataGenerator augmentation on 0..255 float pixels (augment.py), then the preprocessing mode
 (preprocess.py). Grayscale images stay one channel through resize and augmentation (3x less work) and

@@ -5,8 +5,9 @@
     report.py          write_report: recomputes and compares fine-tuning runs or a sweep
     report_plots.py    the report's pictures (matplotlib, Agg; imported only when drawing)
     paired.py          paired statistics of per-image scores (Dice): t-test, Wilcoxon, Shapiro
+    command.py         the `evaluate` command: a workdir's checkpoint on a split (uses the engine)
 
-Pure numpy / scipy / matplotlib: nothing here needs JAX.
+Everything but `command` is pure numpy / scipy / matplotlib and needs no JAX.
 """
 from __future__ import annotations
 

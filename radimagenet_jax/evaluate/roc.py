@@ -1,6 +1,6 @@
 """ROC analysis of a binary score: the AUC with DeLong's variance and CI; the paired DeLong test.
 
-The numbers follow R's pROC 1.18 (the paper's tool; FIDELITY.md "Evaluation"):
+The numbers follow R's pROC 1.18 (the paper's tool; docs/fidelity.md "Evaluation"):
 
 * the AUC is the Mann-Whitney statistic, a case/control tie counting one half;
 * DeLong's variance is ``S10 / m + S01 / n``, with ``S10`` and ``S01`` the sample variances

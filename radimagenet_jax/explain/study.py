@@ -33,7 +33,7 @@ from radimagenet_jax.data.preprocess import preprocess, to_rgb
 from radimagenet_jax.evaluate import paired as stats
 from radimagenet_jax.explain import checks, console
 from radimagenet_jax.explain import gradcam as gc
-from radimagenet_jax.train import batches
+from radimagenet_jax.train import eval_batches
 from radimagenet_jax.explain import pictures as pictures_lib
 from radimagenet_jax.explain import regions as sm
 
@@ -78,8 +78,8 @@ def iterate_batches(source, config, preprocess_modes):
       ids.append(_text(rec[key]) if key else str(i))
     valid = len(idx)
     # Grey images become 3 channels here (as the preprocessing would), so grey and colour mix;
-    # the short last batch is padded by the one rule of train/batches.py.
-    stack = batches.pad({"image": np.stack([to_rgb(r) for r in raw])}, bs)["image"]
+    # the short last batch is padded by the one rule of train/eval_batches.py.
+    stack = eval_batches.pad({"image": np.stack([to_rgb(r) for r in raw])}, bs)["image"]
     yield {"images": {m: np.asarray(preprocess(stack, m), np.float32) for m in preprocess_modes},
            "masks": sm.prepare_masks(masks, size)[0], "labels": np.asarray(labels, np.int32),
            "ids": ids, "indices": idx, "resized": np.asarray(resized, bool), "valid": valid}

@@ -1,6 +1,6 @@
 """Fine-tuning: the paper's transfer-learning experiment.
 
-- `init`: starting weights (Keras .h5, Orbax checkpoint or random) with a fresh Keras-initialised head;
+- `initial_weights`: starting weights (Keras .h5, Orbax checkpoint or random) with a fresh Keras-initialised head;
 - `freeze`: freeze modes (all, head, top<N>, rules) as trainable masks and frozen BatchNorm layers;
 - `folds`: cross-validation sources (test fold, validation carved out by patient), split audits;
 - `run`: one fine-tuning run on the training engine (`radimagenet-jax finetune`);
@@ -10,5 +10,5 @@
 """
 from radimagenet_jax import _lazy
 
-__getattr__ = _lazy.attach(__name__, ("folds", "freeze", "init", "parallel", "run", "scenarios",
+__getattr__ = _lazy.attach(__name__, ("folds", "freeze", "initial_weights", "parallel", "run", "scenarios",
                                       "sweep", "sweep_command"))

@@ -1,6 +1,6 @@
 """Freeze modes as trainable masks over the 'params' collection, with the paper's semantics.
 
-Modes (FIDELITY.md "Downstream fine-tuning"):
+Modes (docs/fidelity.md "Downstream fine-tuning"):
 
 - ``all``: every parameter trains ("unfreeze all");
 - ``head``: only the Dense head ``predictions`` trains (the paper's "freeze all");

@@ -21,9 +21,9 @@ import ml_collections
 
 from radimagenet_jax import checkpoints, distributed, evaluate, models
 from radimagenet_jax.data import tfds_source
-from radimagenet_jax.finetune import folds, freeze, init as init_lib
+from radimagenet_jax.finetune import folds, freeze, initial_weights as init_lib
 from radimagenet_jax.train import config as config_lib
-from radimagenet_jax.train import evaluation, loop
+from radimagenet_jax.train import inference, loop
 
 FINETUNE_KEYS = ("init", "inits", "freeze", "fold", "num_folds", "val_fraction",
                  "sweep", "sweep_models", "sweep_inits", "sweep_folds", "shard", "parallel_runs")
@@ -82,7 +82,7 @@ def evaluate_run(workdir: str, *, step: int | None = None, split: str | None = N
   (the default: the set its `best` was chosen on), ``train`` or ``test`` (its fold); any other
   ``split`` is a TFDS split of the data set. (The data set's own 'validation' split is not the
   run's: with folds, most of it is in the run's training set.)"""
-  from radimagenet_jax.train import evaluate_command  # pylint: disable=g-import-not-at-top
+  from radimagenet_jax.evaluate import command as evaluate_command  # pylint: disable=g-import-not-at-top
   workdir = config_lib.resolve_workdir(workdir)
   config = evaluate_command.workdir_config(workdir, config)
   split = split or "validation"
@@ -163,7 +163,7 @@ def finish(prepared: Prepared, workdir: str, summary: dict) -> dict[str, Any]:
   best_meta = checkpoints.read_metadata(best_dir)
   model = loop.create_model(config, num_classes)
   best_vars = distributed.put_replicated(checkpoints.load_variables(best_dir, spec.name), mesh)
-  labels, probs = evaluation.predict(config, model, best_vars, sources["test"], mesh)
+  labels, probs = inference.predict(config, model, best_vars, sources["test"], mesh)
   metrics = dict(evaluate.classification_metrics(labels, probs, list(class_names)), split="test",
                  best_step=best_meta["best"]["step"], best_epoch=best_meta["best"]["epoch"])
   run = dict(run, status="done", best_step=best_meta["best"]["step"],

@@ -1,6 +1,6 @@
 """The paper's fine-tuning scenarios x inits x folds as runs: presets, run names, shards.
 
-FIDELITY.md "Downstream fine-tuning": 24 scenarios per application, 4 CNNs x {unfreeze all at lr
+docs/fidelity.md "Downstream fine-tuning": 24 scenarios per application, 4 CNNs x {unfreeze all at lr
 1e-3 and 1e-4; freeze all (head only) at 1e-2 and 1e-3; top 10 layers at 1e-2 and 1e-3}, each for
 every initialisation compared (RadImageNet, ImageNet, ...) and every cross-validation fold.
 

@@ -11,7 +11,7 @@ Formats read (all as written by `model.save` / `model.save_weights`):
                    on each `vars` group; also read from inside a Keras 3 `.keras` archive
                    (in place or streamed, never loaded whole; size-capped, h5file.py).
 
-Weights are matched to the model BY ORDER, as Keras does (FIDELITY.md): the legacy layouts list the
+Weights are matched to the model BY ORDER, as Keras does (docs/fidelity.md): the legacy layouts list the
 layers in `model.layers` order and the i-th layer that carries weights goes to the i-th weighted
 layer of `rij.models.keras_layers(name)`; in `.weights.h5` the group key is the class name plus a
 per-class counter (`conv2d_57` is the 58th Conv2D), so the k-th Conv2D of the table takes the k-th

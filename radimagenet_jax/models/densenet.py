@@ -3,7 +3,7 @@
 Read it side by side with keras/src/applications/densenet.py: ``dense_block``, ``conv_block`` and
 ``transition_block`` are Keras's, with Keras's layer names (Keras 3 spells Keras 2's
 ``conv2_block1_0_bn`` the same and Keras 2's ``conv1/conv`` as ``conv1_conv``). What decides
-numerical parity (FIDELITY.md): convolutions without bias; BatchNorm epsilon 1.001e-5 with gamma;
+numerical parity (docs/fidelity.md): convolutions without bias; BatchNorm epsilon 1.001e-5 with gamma;
 a stem padded with explicit zeros before the 'valid' 7x7 conv and 3x3 max pool; transitions halve
 the channels with a 1x1 conv and downsample with a 2x2 average pool; the notop model ends with the
 BatchNorm ``bn`` and the activation ``relu``.

@@ -2,7 +2,7 @@
 
 Read it side by side with keras/src/applications/inception_resnet_v2.py: ``conv2d_bn`` and
 ``inception_resnet_block`` are Keras's, written over the layer vocabulary ``L`` of
-``base.KerasApplication``. What decides numerical parity (FIDELITY.md): convolutions without bias
+``base.KerasApplication``. What decides numerical parity (docs/fidelity.md): convolutions without bias
 except the ``block*_conv`` up-projections (which have a bias and no BatchNorm); BatchNorm epsilon
 1e-3 with ``scale=False``; no zero padding layers; 'same' average pools exclude the padding; the
 residual branch is scaled by 0.17 (block35), 0.1 (block17) and 0.2 (block8), and the last block,

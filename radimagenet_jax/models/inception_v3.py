@@ -3,7 +3,7 @@
 Read it side by side with keras/src/applications/inception_v3.py: ``conv2d_bn`` and the
 ``mixed*`` blocks below are Keras's, written over the layer vocabulary ``L`` of
 ``base.KerasApplication`` (executed by ``layers.FlaxLayers``). What decides numerical parity
-(FIDELITY.md): convolutions without bias, BatchNorm epsilon 1e-3 with ``scale=False`` (no gamma),
+(docs/fidelity.md): convolutions without bias, BatchNorm epsilon 1e-3 with ``scale=False`` (no gamma),
 no zero padding layers, and 3x3 'same' average pools that exclude the padding from the mean.
 
 Layer order. Keras lists a functional model's layers in its own topological order (by longest

@@ -2,7 +2,7 @@
 
 Read it side by side with keras/src/applications/resnet.py: ``block1`` is Keras's
 ``residual_block_v1`` and ``stack1`` its ``stack_residual_blocks_v1``; layer names are Keras's
-(``conv2_block1_1_conv``). What decides numerical parity (FIDELITY.md): every conv has a bias;
+(``conv2_block1_1_conv``). What decides numerical parity (docs/fidelity.md): every conv has a bias;
 BatchNorm epsilon 1.001e-5 with gamma; the stride-2 of a stage sits on the first 1x1 conv
 (``_1_conv``) and on the shortcut (``_0_conv``), not on the 3x3 (v1, not v1.5); the stem pads with
 zeros explicitly and then runs the 7x7 conv and the 3x3 max pool with 'valid' padding.

@@ -1,14 +1,18 @@
-"""Pretraining: train state, sharded steps, the loop, checkpoints and metric writers.
+"""The training engine shared by pretraining and fine-tuning.
 
     from radimagenet_jax.train import loop
-    loop.train_and_evaluate(config, workdir)   # resumes from the latest checkpoint in workdir
-    loop.evaluate(config, workdir)
+    summary = loop.fit(config, workdir, task)   # resumes from the latest checkpoint in workdir
 
-Submodules are imported on first use so that `checkpoint` stays importable on its own.
+Modules: `config` (fields, defaults, checks), `state` (TrainState), `optim` (schedules, optimizers,
+freeze masks), `steps` (sharded jitted train and eval steps), `eval_batches` (the one padding rule
+for evaluation, prediction and Grad-CAM batches), `inference` (metrics and per-example
+probabilities on a split), `loop` (`fit`), `preemption` (SIGTERM), `writers` (metrics.jsonl,
+TensorBoard, progress), `summary` (per-class report). Submodules are imported on first use.
 """
 import importlib
 
-_SUBMODULES = ("checkpoint", "loop", "metrics", "optim", "state", "steps")
+_SUBMODULES = ("config", "eval_batches", "inference", "loop", "optim", "preemption", "state", "steps",
+               "summary", "writers")
 
 
 def __getattr__(name):

@@ -26,7 +26,7 @@ import numpy as np
 from radimagenet_jax import checkpoints as ckpt_lib
 from radimagenet_jax import distributed
 from radimagenet_jax.data import pipeline
-from radimagenet_jax.train import batched, batches, config as config_lib, loop, optim, preemption
+from radimagenet_jax.train import batched, config, eval_batches as config_lib, loop, optim, preemption
 from radimagenet_jax.train import state as state_lib
 from radimagenet_jax.train import summary as summary_lib
 from radimagenet_jax.train import writers
@@ -188,7 +188,7 @@ def fit_runs(configs: Sequence[Any], workdirs: Sequence[str], tasks: Sequence[lo
   def evaluate(step):
     variables = inference_variables(step)
     acc = jax.device_put(batched.init_eval_metrics(k, num_classes), rep)
-    for batch in batches.eval_batches(tasks[0].eval_source,
+    for batch in eval_batches.eval_batches(tasks[0].eval_source,
                                       batch_size=config.eval_batch_size or config.batch_size,
                                       image_size=config.image_size, preprocess_mode=modes[0],
                                       mesh=mesh, worker_count=config.worker_count,

@@ -27,7 +27,7 @@ from radimagenet_jax import checkpoints as ckpt_lib
 from radimagenet_jax import distributed, models
 from radimagenet_jax.data import pipeline
 from radimagenet_jax.train import config as config_lib
-from radimagenet_jax.train import evaluation, optim, preemption, state as state_lib, steps
+from radimagenet_jax.train import inference, optim, preemption, state as state_lib, steps
 from radimagenet_jax.train import summary as summary_lib
 from radimagenet_jax.train import writers
 
@@ -174,7 +174,7 @@ def fit(config, workdir: str, task: Task) -> dict[str, Any]:
                   data_iter=data_iter, metadata=dict(metadata, step=step), force=force)
 
   def evaluate(step):
-    ev = evaluation.run_eval(config, eval_fn, inference_variables(step), task.eval_source, mesh,
+    ev = inference.run_eval(config, eval_fn, inference_variables(step), task.eval_source, mesh,
                              num_classes)
     writer.write(step, config.eval_split, {k: ev[k] for k in ("loss", "top1", "top5")})
     progress.log(f"step {step} {config.eval_split}: loss {ev['loss']:.4f} top-1 {ev['top1']:.3f}"

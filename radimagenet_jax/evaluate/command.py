@@ -13,7 +13,7 @@ from radimagenet_jax import distributed
 from radimagenet_jax.data import tfds_source
 from radimagenet_jax.train import config as config_lib
 from radimagenet_jax.train import loop, steps, summary as summary_lib
-from radimagenet_jax.train.evaluation import run_eval
+from radimagenet_jax.train.inference import run_eval
 
 
 def workdir_config(workdir: str, config=None) -> ml_collections.ConfigDict:
