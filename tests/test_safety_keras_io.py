@@ -125,6 +125,53 @@ def test_nan_or_inf_weights_load_with_a_warning_naming_the_layers(table, tmp_pat
   assert "8 layers hold NaN or Inf weights: l1, l3, l5, l7, l9 and 3 more;" in caplog.text
 
 
+def with_head(path, shape, dtype="float32"):
+  """Adds a Dense top (kernel `shape`, bias) declared but never written: HDF5 allocates a
+  dataset's storage at its first write, so a file declaring 2**31 classes stays a few KB."""
+  with h5py.File(path, "a") as f:
+    group = f.create_group("layers/dense/vars")
+    group.attrs["name"] = "predictions"
+    group.create_dataset("0", shape=shape, dtype=dtype)
+    group.create_dataset("1", shape=shape[1:], dtype=dtype)
+  return path
+
+
+@pytest.mark.parametrize("classes", [2**31, 131072])
+def test_head_declaring_too_many_classes_is_refused_before_any_read(table, tmp_path, monkeypatch,
+                                                                     classes):
+  monkeypatch.setattr(keras_load, "feature_channels", lambda name: 4)
+  path = with_head(weights_h5(tmp_path / "w.weights.h5"), (4, classes))
+  assert path.stat().st_size < 1 << 20
+  monkeypatch.setattr(h5py.Dataset, "__getitem__", lambda *a: pytest.fail("a dataset was read"))
+  with pytest.raises(ValueError) as e:
+    keras_io.load_h5(path, "resnet50", load_head="auto")
+  assert str(e.value) == (
+      f"{path}: dataset /layers/dense/vars/0 of the classifier 'predictions' declares shape "
+      f"(4, {classes}), {classes:,} classes; expected at most 32,768 (load.MAX_HEAD_CLASSES) on "
+      f"the 4 resnet50 features. Refused unread: a damaged or crafted file.")
+  out = tmp_path / "ckpt"
+  with pytest.raises(ValueError, match="declares shape"):
+    convert_lib.convert(path, "resnet50", out)
+  assert not out.exists() and not [p for p in os.listdir(tmp_path) if ".tmp" in p]
+
+
+def test_head_of_a_plausible_size_loads(table, tmp_path, monkeypatch):
+  monkeypatch.setattr(keras_load, "feature_channels", lambda name: 4)
+  path = with_head(weights_h5(tmp_path / "w.weights.h5"), (4, 3))
+  assert keras_io.load_h5(path, "resnet50", load_head=True)["params"]["predictions"]["kernel"] \
+      .shape == (4, 3)
+
+
+def test_weights_of_a_non_numeric_type_are_refused_naming_the_dataset(table, tmp_path):
+  path = weights_h5(tmp_path / "w.weights.h5")
+  with h5py.File(path, "a") as f:
+    del f["layers/conv2d/vars/1"]
+    f["layers/conv2d/vars"].create_dataset("1", shape=(4,), dtype=h5py.string_dtype())
+  with pytest.raises(ValueError, match=r"w\.weights\.h5: dataset /layers/conv2d/vars/1 \(for "
+                     r"c1/bias\) holds object values of shape \(4,\); expected float32"):
+    keras_io.load_h5(path, "resnet50")
+
+
 # ------------------------------------------------------------------------ a convert killed midway
 def child_convert(workdir, marker):
   """Run in a child process: a convert that blocks while writing its checkpoint."""

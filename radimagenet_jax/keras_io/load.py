@@ -14,6 +14,12 @@ from radimagenet_jax.keras_io.h5file import _FileContents, _FileLayer, _open, _p
 
 log = logging.getLogger(__name__)
 
+# The most classes a file's classifier may declare. A weight file is untrusted input: its datasets
+# declare their shapes, and reading a head declared (2048, 2**31) would allocate 16 TiB. The
+# backbone's shapes are checked against the model exactly; the head's class count is the one
+# shape the file chooses (ImageNet-21k's 21,843 classes are the largest head in common use).
+MAX_HEAD_CLASSES = 32768
+
 
 @functools.lru_cache(maxsize=None)
 def _init_shapes(name: str) -> dict:
@@ -52,6 +58,11 @@ def _head_pairs(path, name: str, top) -> list:
     raise ValueError(f"{path}: the file's top ({found}) is not one Dense layer with a bias on the "
                      f"{channels} pooled {name} features, the paper's classifier 'predictions'; "
                      f"load it with load_head=False.")
+  if shapes[0][1] > MAX_HEAD_CLASSES:
+    raise ValueError(f"{path}: dataset {layer.weights[0][1].name} of the classifier {layer.name!r} "
+                     f"declares shape {shapes[0]}, {shapes[0][1]:,} classes; expected at most "
+                     f"{MAX_HEAD_CLASSES:,} (load.MAX_HEAD_CLASSES) on the {channels} {name} "
+                     f"features. Refused unread: a damaged or crafted file.")
   return [(("params", "predictions", v), d) for v, (_, d) in zip(("kernel", "bias"), layer.weights)]
 
 
@@ -121,6 +132,7 @@ def load_h5(path, name: str, load_head: bool | str = False) -> dict:
     if load_head is True or (load_head == "auto" and top):
       pairs += _head_pairs(path, name, top)
       top = []
+    _check_dtypes(path, pairs)
     try:
       flat = {p: np.asarray(d[()], np.float32) for p, d in pairs}
     except (OSError, RuntimeError) as e:
@@ -131,6 +143,15 @@ def load_h5(path, name: str, load_head: bool | str = False) -> dict:
                 name)
   _warn_non_finite(path, flat)
   return traverse_util.unflatten_dict(flat)
+
+
+def _check_dtypes(path, pairs) -> None:
+  """Every dataset about to be read holds real numbers of at most 8 bytes: a string, compound or
+  object dataset of the right shape is refused before it is read, naming it."""
+  for p, d in pairs:
+    if d.dtype.kind not in "fiu" or d.dtype.itemsize > 8:
+      raise ValueError(f"{path}: dataset {d.name} (for {'/'.join(p[1:])}) holds {d.dtype} values "
+                       f"of shape {tuple(d.shape)}; expected float32 weights.")
 
 
 def _warn_non_finite(path, flat, shown: int = 5) -> None:
