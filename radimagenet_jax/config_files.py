@@ -2,7 +2,7 @@
 
 `--config=configs/finetune.py:busi` is read from the working directory when that path exists, else
 from the installed package (`radimagenet_jax/configs` is the repository's `configs/` folder), so the
-README's commands work from any directory. `describe` prints a config file's usage, variants and
+README's commands work from any directory; a path into any other folder must exist. `describe` prints a config file's usage, variants and
 every field with its default, for the command's `--help`.
 """
 from __future__ import annotations
@@ -14,15 +14,24 @@ PACKAGE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs"
 
 
 def resolve(spec: str) -> str:
-  """'configs/finetune.py:busi' -> an existing path (+ ':busi'); raises naming what was tried."""
+  """'configs/finetune.py:busi' -> an existing path (+ ':busi'); raises naming what was tried.
+
+  Only a bare name (`finetune.py`, or `configs/finetune.py` as the README writes it) falls back
+  to the installed package: a path into another folder that exists nowhere
+  (`my_experiments/finetune.py`) is an error, not silently the packaged file of the same name."""
   path, sep, arg = spec.partition(":")
   if os.path.isfile(path):
     return spec
+  available = sorted(f for f in os.listdir(PACKAGE_DIR) if f.endswith(".py") and f != "__init__.py") \
+      if os.path.isdir(PACKAGE_DIR) else []
+  folder = os.path.dirname(os.path.normpath(path))
+  if folder not in ("", "configs"):
+    raise FileNotFoundError(f"--config={spec}: no file {path!r} (from {os.getcwd()}); only a bare "
+                            f"name falls back to the installed package's configs "
+                            f"(configs/{', configs/'.join(available)}).")
   packaged = os.path.join(PACKAGE_DIR, os.path.basename(path))
   if os.path.isfile(packaged):
     return packaged + sep + arg
-  available = sorted(f for f in os.listdir(PACKAGE_DIR) if f.endswith(".py") and f != "__init__.py") \
-      if os.path.isdir(PACKAGE_DIR) else []
   raise FileNotFoundError(f"--config={spec}: no file {path!r} here nor in the installed package; "
                           f"expected one of configs/{', configs/'.join(available)}.")
 

@@ -86,6 +86,19 @@ def test_configs_resolve_from_the_installed_package_outside_the_checkout(tmp_pat
   with pytest.raises(FileNotFoundError, match=r"configs/nope.py.*expected one of .*configs/"
                      r"finetune.py"):
     config_files.resolve("configs/nope.py")
+  assert config_files.resolve("finetune.py:busi") == resolved.replace(":demo", ":busi")
+
+
+def test_a_config_path_into_another_folder_that_exists_nowhere_is_an_error(tmp_path, monkeypatch):
+  from radimagenet_jax import config_files
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(FileNotFoundError) as e:
+    config_files.resolve("my_experiments/finetune.py:busi")
+  assert str(e.value).startswith(f"--config=my_experiments/finetune.py:busi: no file "
+                                 f"'my_experiments/finetune.py' (from {tmp_path}); only a bare name")
+  (tmp_path / "my_experiments").mkdir()
+  (tmp_path / "my_experiments" / "finetune.py").write_text("")
+  assert config_files.resolve("my_experiments/finetune.py:busi") == "my_experiments/finetune.py:busi"
 
 
 @pytest.mark.parametrize("command", ["pretrain", "finetune", "sweep", "gradcam"])
