@@ -19,6 +19,7 @@ import os
 from radimagenet_jax import checkpoints, keras_io, models
 from radimagenet_jax.data.preprocess import MODES
 from radimagenet_jax.explain import regions
+from radimagenet_jax.train import config as config_lib
 
 TARGETS = ("predicted", "label")
 SCORES = ("logit", "softmax")
@@ -63,6 +64,7 @@ def _is_gradcam_config(path) -> bool:
 def check_workdir(workdir) -> None:
   """Raises FileExistsError when ``workdir`` holds another command's run (see module docstring)."""
   workdir = os.path.abspath(os.fspath(workdir))
+  config_lib.refuse_shared_folder(workdir)  # never the filesystem root or the home itself
   if not os.path.exists(workdir):
     return
   if not os.path.isdir(workdir):

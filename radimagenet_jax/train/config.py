@@ -148,7 +148,25 @@ def resolve_workdir(workdir) -> str:
                      f"renames and file locks, so mount the bucket on every host (Cloud Storage "
                      f"FUSE, NFS, Filestore) and give the mounted path, e.g. "
                      f"--workdir=/mnt/BUCKET/runs/r50 (launch/README.md).")
-  return os.path.abspath(os.path.expanduser(path))
+  path = os.path.abspath(os.path.expanduser(path))
+  refuse_shared_folder(path)
+  return path
+
+
+def refuse_shared_folder(path: str, flag: str = "--workdir") -> None:
+  """Refuses the filesystem root and the home directory itself as a place to write runs: a sweep
+  given `--workdir=/` wrote /sweep.json, /results.csv and /runs/ beside the system's folders."""
+  real = os.path.realpath(path)
+  home = os.path.realpath(os.path.expanduser("~"))
+  if real == os.path.dirname(real):
+    what = "the filesystem root"
+  elif real == home:
+    what = "your home directory itself"
+  else:
+    return
+  raise ValueError(f"{flag}={path} is {what}; records, runs and checkpoints would be written "
+                   f"among its folders. Give a folder of its own, e.g. "
+                   f"{flag}={os.path.join(home, 'runs', 'NAME')}.")
 
 
 def check_workdir_writable(workdir: str) -> None:

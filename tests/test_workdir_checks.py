@@ -1,0 +1,48 @@
+"""Where a command may write: never the filesystem root nor the home directory itself (issue 34),
+refused in one line before anything is read or written."""
+import os
+
+import pytest
+
+from radimagenet_jax import cli
+from radimagenet_jax.train import config as config_lib
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+  monkeypatch.setenv("HOME", os.fspath(tmp_path / "home"))
+  (tmp_path / "home").mkdir()
+  return tmp_path / "home"
+
+
+@pytest.mark.parametrize("workdir", ["/", "/./", "//", "~", "~/", "HOME/../home"])
+def test_root_and_home_itself_are_refused(home, workdir):
+  workdir = workdir.replace("HOME", os.fspath(home))
+  with pytest.raises(ValueError, match=r"^--workdir=.* is (the filesystem root|your home "
+                     r"directory itself); .* e\.g\. --workdir=.*/home/runs/NAME\.$"):
+    config_lib.resolve_workdir(workdir)
+
+
+def test_folders_inside_home_and_a_link_to_home(home, tmp_path):
+  assert config_lib.resolve_workdir("~/runs/x") == os.fspath(home / "runs" / "x")
+  os.symlink(home, tmp_path / "link")
+  with pytest.raises(ValueError, match="your home directory itself"):
+    config_lib.resolve_workdir(tmp_path / "link")
+
+
+@pytest.mark.parametrize("command,config", [("finetune", "finetune.py:tiny"),
+                                            ("sweep", "finetune.py:tiny"),
+                                            ("gradcam", "gradcam.py:demo")])
+def test_commands_refuse_the_home_directory_in_one_line(command, config, home, capsys):
+  # The home is a temporary folder here: a command that wrote anyway harms nothing (the same
+  # check refuses "/", test above; a test that gave "/" would write there if the check broke).
+  assert cli.main([command, f"--config=configs/{config}", f"--workdir={home}"]) == 1
+  err = capsys.readouterr().err.strip()
+  assert err.startswith(f"radimagenet-jax {command}: error: --workdir={home} is your home "
+                        f"directory itself;") and "\n" not in err
+  assert [n for n in os.listdir(home) if not n.startswith(".")] == []  # not caches
+
+
+def test_a_tilde_workdir_is_the_home_directory(home, capsys):
+  assert cli.main(["finetune", "--config=configs/finetune.py:tiny", "--workdir=~"]) == 1
+  assert f"--workdir={home} is your home directory itself" in capsys.readouterr().err
