@@ -1,5 +1,6 @@
 """Where a command may write: never the filesystem root nor the home directory itself (issue 34),
-refused in one line before anything is read or written."""
+refused in one line before anything is read or written; a class count that does not fit the data,
+refused before training."""
 import os
 
 import pytest
@@ -46,3 +47,19 @@ def test_commands_refuse_the_home_directory_in_one_line(command, config, home, c
 def test_a_tilde_workdir_is_the_home_directory(home, capsys):
   assert cli.main(["finetune", "--config=configs/finetune.py:tiny", "--workdir=~"]) == 1
   assert f"--workdir={home} is your home directory itself" in capsys.readouterr().err
+
+
+def test_a_class_count_other_than_the_datas_is_refused_before_training(demo_data_dir, tmp_path,
+                                                                       capsys):
+  work = tmp_path / "run"
+  assert cli.main(["finetune", "--config=configs/finetune.py:tiny,init=random",
+                   f"--workdir={work}", f"--config.data_dir={demo_data_dir}",
+                   "--config.num_classes=5"]) == 1
+  import tensorflow_datasets as tfds
+  names = tfds.builder("radimagenet_demo/lesion", data_dir=demo_data_dir).info.features[
+      "label"].names
+  err = capsys.readouterr().err.strip()
+  assert err == (f"radimagenet-jax finetune: error: config.num_classes=5, but "
+                 f"radimagenet_demo/lesion has 2 classes ({', '.join(names)}); expected 0 (from "
+                 f"the data) or 2. Nothing was trained.")
+  assert not work.exists() or not os.listdir(work)

@@ -123,6 +123,10 @@ def prepare(config, data: tuple[dict, dict] | None = None) -> Prepared:
   sets, sources = data if data is not None else load_sets(config)
   class_names = tfds_source.class_names(sources["train"])
   num_classes = config.num_classes or len(class_names)
+  if num_classes != len(class_names):  # the test metrics need one name per score column
+    raise ValueError(f"config.num_classes={config.num_classes}, but {config.dataset} has "
+                     f"{len(class_names)} classes ({', '.join(map(str, class_names))}); expected "
+                     f"0 (from the data) or {len(class_names)}. Nothing was trained.")
 
   # ---- Starting weights, freeze mask, frozen BatchNorm layers ----
   variables, init_info = init_lib.initial_variables(config, num_classes, label, path)
