@@ -101,6 +101,12 @@ def _evaluate(argv):
                    ("split", None, "split to evaluate (default: the config's eval_split; for a "
                     "fine-tuning run, its own validation set: train / validation / test are the "
                     "run's sets)")))
+  step = extra["step"]
+  if step is not None and not step.strip().isdigit():
+    raise ValueError(f"--step={step!r}: expected a checkpoint step, a whole number (the step "
+                     f"folders under {os.path.join(workdir, 'checkpoints')}); omit it for the "
+                     f"latest.")
+  extra["step"] = None if step is None else int(step)
   if os.path.isfile(os.path.join(os.path.expanduser(workdir), "run.json")):  # a fine-tuning run
     from radimagenet_jax.finetune import run as run_lib
     run_lib.evaluate_run(workdir, step=extra["step"], split=extra["split"], config=config)

@@ -77,6 +77,15 @@ def test_mistyped_variant_is_one_line_listing_the_variants(tmp_path):
   assert not os.path.exists(tmp_path / "w")
 
 
+@pytest.mark.parametrize("step", ["abc", "-1", "4.0"])
+def test_evaluate_with_a_step_that_is_not_a_number_says_so_in_one_line(step, tmp_path, capsys):
+  assert cli.main(["evaluate", f"--workdir={tmp_path}", "--step", step]) == 1
+  err = capsys.readouterr().err.strip()
+  assert err == (f"radimagenet-jax evaluate: error: --step={step!r}: expected a checkpoint step, a "
+                 f"whole number (the step folders under {tmp_path}/checkpoints); omit it for the "
+                 f"latest.")
+
+
 def test_configs_resolve_from_the_installed_package_outside_the_checkout(tmp_path, monkeypatch):
   from radimagenet_jax import config_files
   monkeypatch.chdir(tmp_path)

@@ -261,3 +261,16 @@ def test_command_checkpoint_and_h5(tmp_path, capsys):
   assert "resnet50, notop, NCHW, Nx3xHxW -> Nx2048x?x?" in capsys.readouterr().out
   got = session(out).run(None, {"input": x.transpose(0, 3, 1, 2)})[0]
   assert relative_error(got, features.transpose(0, 3, 1, 2)) < TOL
+
+
+def test_command_with_another_models_checkpoint_advises_the_right_model(tmp_path, capsys):
+  from radimagenet_jax import checkpoints, cli
+  ckpt = tmp_path / "d121"
+  checkpoints.save_variables(ckpt, {"params": {"predictions": {"bias": np.zeros(2, np.float32)}}},
+                             model_name="densenet121", num_classes=2)
+  out = tmp_path / "x.onnx"
+  assert cli.main(["export", "--model", "resnet50", "--weights", str(ckpt), "--out", str(out)]) == 1
+  err = capsys.readouterr().err.strip()
+  assert err == (f"radimagenet-jax export: error: --weights {ckpt}: a densenet121 checkpoint, but "
+                 f"--model resnet50 was given; pass --model densenet121 to export it.")
+  assert not out.exists()

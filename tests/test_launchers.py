@@ -302,6 +302,60 @@ def test_local_sh_passes_sigterm_to_every_process_and_reports_each_exit(tmp_path
     assert (tmp_path / "logs" / f"process_{i}.pid").read_text().strip().isdigit()
 
 
+def _local_sh_stopped(tmp_path, fake, earlier=()):
+  """local.sh 2 1 with the stand-in python, sent SIGTERM once both processes logged (their pid
+  files not those of the `earlier` attempt, whose logs local.sh moves away first)."""
+  env = _env(tmp_path, PYTHON=fake, LOG_DIR=tmp_path / "logs")
+  proc = subprocess.Popen(["bash", LOCAL_SH, "2", "1", "--", "sweep", "--workdir=w"], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True)
+  try:
+    logs = [tmp_path / "logs" / f"process_{i}.log" for i in range(2)]
+    read = lambda p: p.read_text() if p.exists() else ""
+    pid_files = [tmp_path / "logs" / f"process_{i}.pid" for i in range(2)]
+    deadline = time.monotonic() + 30
+    while not (all(read(p) for p in logs) and all(read(p) and read(p) not in earlier
+                                                  for p in pid_files)):
+      assert time.monotonic() < deadline, "the processes did not start"
+      time.sleep(0.05)
+    pids = [read(p) for p in pid_files]
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+  finally:
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
+  return proc.returncode, err, pids
+
+
+def test_local_sh_after_a_preemption_says_stopped_and_keeps_the_attempts_logs(tmp_path):
+  fake = _write(str(tmp_path / "python"), _FAKE_PYTHON)
+  status, err, first_pids = _local_sh_stopped(tmp_path, fake)
+  assert status == 143
+  assert err.strip().splitlines()[-1] == (
+      f"stopped by SIGTERM (preempted or stopped, not failed: exit 143); re-run the same command "
+      f"to resume from the last checkpoint (logs in {tmp_path / 'logs'})")
+  assert "a process failed" not in err
+  status, err, second_pids = _local_sh_stopped(tmp_path, fake, first_pids)   # the resumed one
+  assert status == 143 and f"moved the previous attempt's logs to {tmp_path / 'logs'}/attempt_1" \
+      in err
+  kept = tmp_path / "logs" / "attempt_1"
+  assert [(kept / f"process_{i}.pid").read_text() for i in range(2)] == first_pids != second_pids
+  assert all("stopped by SIGTERM" in (kept / f"process_{i}.log").read_text() for i in range(2))
+  _local_sh_stopped(tmp_path, fake, second_pids)
+  assert sorted(os.listdir(tmp_path / "logs")) == [
+      "attempt_1", "attempt_2", "process_0.log", "process_0.pid", "process_1.log", "process_1.pid"]
+
+
+def test_local_sh_reports_a_real_failure_as_a_failure(tmp_path):
+  fake = _write(str(tmp_path / "python"), "#!/usr/bin/env bash\nexit $((JAX_PROCESS_ID * 3))\n")
+  result = subprocess.run(["bash", LOCAL_SH, "2", "1", "--", "sweep"], capture_output=True,
+                          text=True, timeout=60,
+                          env=_env(tmp_path, PYTHON=fake, LOG_DIR=tmp_path / "logs"))
+  assert result.returncode == 3
+  assert result.stderr.strip().splitlines()[-1] == (
+      f"a process failed (exit 3); logs in {tmp_path / 'logs'}")
+
+
 def test_local_sh_rejects_a_bad_process_count(tmp_path):
   result = subprocess.run(["bash", LOCAL_SH, "two", "2", "--", "pretrain"], env=_env(tmp_path),
                           capture_output=True, text=True, timeout=30)

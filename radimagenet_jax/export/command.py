@@ -62,6 +62,10 @@ def _load(spec, args):
   if os.path.isdir(path):
     from radimagenet_jax import checkpoints  # lazily: Orbax is only needed here
     meta = checkpoints.read_metadata(path)
+    if meta.get("model_name") not in (None, spec.name):  # checked here: load_variables's advice
+      raise ValueError(                                  # names --workdir, which export lacks
+          f"--weights {args.weights}: a {meta['model_name']} checkpoint, but --model "
+          f"{args.model} was given; pass --model {meta['model_name']} to export it.")
     variables = checkpoints.load_variables(path, spec.name)
     has_head = "predictions" in variables.get("params", {})
     return variables, has_head, meta, path
