@@ -39,6 +39,7 @@ DEFAULT_INIT_TIMEOUT_S = 300
 DEFAULT_SHUTDOWN_TIMEOUT_S = 300
 # How long a failed process waits for the others to fail too (exit_if_failed_alone).
 ERROR_AGREEMENT_S = 10
+FAILED_ALONE = "failed alone"  # exit_if_failed_alone's log line starts so
 CACHE_ENV = "RADIMAGENET_JAX_CACHE"
 DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "radimagenet_jax", "jax")
 _initialized = False
@@ -134,6 +135,8 @@ def exit_if_failed_alone(code: int) -> None:
     return
   except Exception:  # pylint: disable=broad-except  (the barrier timed out: this one failed alone)
     pass
+  print(f"{FAILED_ALONE} (process {jax.process_index()} of {jax.process_count()}): exiting now; "
+        f"the coordination service stops the others.", file=sys.stderr)
   sys.stdout.flush()
   sys.stderr.flush()
   os._exit(code)

@@ -20,7 +20,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -31,7 +30,11 @@ from tests import multiprocess_util as mp
 STEPS, CKPT_EVERY = 16, 4
 OVERRIDES = (f"--config.num_train_steps={STEPS}", f"--config.checkpoint_every={CKPT_EVERY}",
              "--config.log_every=4")
-BOUND_S = 90  # a surviving process must be gone this long after the other failed
+# Hang guards only (never asserted as durations: timings belong in benchmarks/): a launch still
+# running after this long fails the test with every log. The mechanisms are asserted instead.
+HANG_GUARD_S = 600
+# What a process prints when the coordination service ends it after another one died.
+STOPPED_BY_SERVICE = "Terminating process because the JAX distributed service detected fatal errors"
 # The interrupted runs checkpoint every step (an interval that may change on resume; parameters do
 # not depend on it): the tiny model's steps take milliseconds, so with one checkpoint every 4 the
 # signal could land so late that no checkpoint was left between the stop and the last step.
@@ -151,11 +154,9 @@ def test_a_failed_build_stops_every_process_with_the_builders_error(job):
   # name: the build fails on process 0 (before writing anything), the real failure a user meets.
   data_dir = job["tmp"] / "tfds_failing"
   env = dict(job["env"], TFDS_DATA_DIR=str(data_dir))
-  started = time.monotonic()
   status, out, launch = mp.run_local(
       2, 4, mp.pretrain_args(job["tmp"] / "failing", "--config.dataset=radimagenet/default"),
-      env, job["tmp"] / "logs_failing", timeout=300)
-  elapsed = time.monotonic() - started
+      env, job["tmp"] / "logs_failing", timeout=HANG_GUARD_S)
   log0, log1 = launch.log(0), launch.log(1)
   assert status == 1, out + launch.logs()
   assert "process 0 exited with status 1" in out and "process 1 exited with status 1" in out
@@ -164,8 +165,10 @@ def test_a_failed_build_stops_every_process_with_the_builders_error(job):
   assert "radimagenet needs the manually downloaded release" in log0
   assert re.search(r"process 0 \(.*\) failed while preparing radimagenet/default: ValueError: "
                    r"radimagenet needs the manually downloaded release", log1), log1
+  # No timeout was waited out: both processes met at the error barrier (a shared error), so
+  # neither took the failed-alone exit, and no collective timed out.
   assert "DEADLINE_EXCEEDED" not in log0 + log1
-  assert elapsed < 240, f"took {elapsed:.0f} s"  # start-up included; no timeout was waited out
+  assert distributed.FAILED_ALONE not in log0 + log1, launch.logs()
   assert not data_dir.exists() or not os.listdir(data_dir)  # nothing left behind
 
 
@@ -174,24 +177,24 @@ def test_a_process_that_fails_alone_ends_the_job_without_waiting_out_the_shutdow
   # for it in a collective. Without exit_if_failed_alone, process 1 would wait at exit for the
   # others up to the shutdown timeout (set to its default, 300 s, here) before anything ends.
   env = dict(job["env"], **{mp.FAIL_ENV: "1", distributed.SHUTDOWN_TIMEOUT_ENV: "300"})
-  started = time.monotonic()
   status, out, launch = mp.run_local(2, 4, mp.pretrain_args(job["tmp"] / "failing_alone",
                                                             *OVERRIDES),
-                                     env, job["tmp"] / "logs_failing_alone", timeout=240)
-  elapsed = time.monotonic() - started
+                                     env, job["tmp"] / "logs_failing_alone", timeout=HANG_GUARD_S)
   assert status != 0, out + launch.logs()
   assert "process 1 exited with status 1" in out, out + launch.logs()
   assert re.search(r"process 0 exited with status [1-9]\d*", out), out + launch.logs()
   assert "error: injected failure on process 1" in launch.log(1), launch.log(1)
   assert "injected failure" not in launch.log(0), launch.log(0)
-  # start-up included: 14 s on an idle 2-core machine; one heartbeat timeout (10 s) at most after
-  # process 1 is gone, nothing near the 300 s of the shutdown timeout
-  assert elapsed < 150, f"took {elapsed:.0f} s"
+  # The mechanism, not the duration: process 1 left through exit_if_failed_alone (its log line),
+  # not through the normal exit that would wait out the 300 s shutdown timeout. (Process 0's
+  # collective then fails for the closed connection, and it leaves the same way.)
+  assert (f"{distributed.FAILED_ALONE} (process 1 of 2): exiting now" in launch.log(1)), \
+      launch.log(1)
 
 
 def _interrupt_after_checkpoint(job, workdir, logs, after_step, sig, process):
   """Starts the run, sends `sig` to `process` once a checkpoint later than `after_step` exists,
-  waits for local.sh; returns (status, console, Launch, seconds from the signal to the end)."""
+  waits for local.sh; returns (status, console, Launch)."""
   launch = mp.Launch(2, 4, mp.pretrain_args(workdir, *INTERRUPTED), job["env"], logs)
   try:
     def later_checkpoint():
@@ -200,9 +203,8 @@ def _interrupt_after_checkpoint(job, workdir, logs, after_step, sig, process):
     mp.wait_for(later_checkpoint, 300, f"a checkpoint after step {after_step} in {workdir}")
     assert launch.proc.poll() is None, "the run ended before the signal:\n" + launch.logs()
     os.kill(launch.pid(process), sig)
-    signalled = time.monotonic()
-    status, out = launch.wait(timeout=BOUND_S + 60)
-    return status, out, launch, time.monotonic() - signalled
+    status, out = launch.wait(timeout=HANG_GUARD_S)
+    return status, out, launch
   finally:
     launch.kill()
 
@@ -214,7 +216,7 @@ def test_sigterm_then_kill_9_then_rerun_ends_with_the_parameters_of_an_uninterru
   # 1. SIGTERM to process 1 only (what SLURM/Kubernetes/TPU maintenance send). The engine's
   # contract: every process finishes the step, all save the checkpoint of the same step, print
   # "... stopped by SIGTERM at step N ... re-run the same command to resume" and exit with 143.
-  status, out, launch, _ = _interrupt_after_checkpoint(
+  status, out, launch = _interrupt_after_checkpoint(
       job, workdir, job["tmp"] / "logs_sigterm", 0, signal.SIGTERM, 1)
   assert status == 143, out + launch.logs()
   stopped = []
@@ -227,13 +229,14 @@ def test_sigterm_then_kill_9_then_rerun_ends_with_the_parameters_of_an_uninterru
   assert checkpoints.latest_step(workdir) == stopped[0]
 
   # 2. The re-run resumes there; kill -9 of process 1 after its next checkpoint: process 0 must
-  # exit with an error within BOUND_S (the heartbeat timeout is 10 s here), not hang.
-  status, out, launch, survivor_s = _interrupt_after_checkpoint(
+  # exit with an error, ended by the distributed service's failure detection (the heartbeat
+  # timeout is 10 s here), not hang in a collective.
+  status, out, launch = _interrupt_after_checkpoint(
       job, workdir, job["tmp"] / "logs_killed", stopped[0], signal.SIGKILL, 1)
   assert f"steps {stopped[0]} -> {STEPS} (resumed)" in launch.log(0), launch.log(0)
   assert "process 1 exited with status 137" in out, out
   assert re.search(r"process 0 exited with status [1-9]\d*", out), out + launch.logs()
-  assert survivor_s < BOUND_S, f"process 0 took {survivor_s:.0f} s to exit after the kill"
+  assert STOPPED_BY_SERVICE in launch.log(0), launch.log(0)
   killed_at = checkpoints.latest_step(workdir)
   assert stopped[0] < killed_at < STEPS, killed_at
 
