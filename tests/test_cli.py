@@ -12,6 +12,42 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "pretrain.py")
 
 
+def _crc32c(data: bytes) -> int:
+  """CRC-32C (Castagnoli), bit by bit: the checksum of TFRecord framing, computed independently
+  of the writer's own table."""
+  crc = 0xFFFFFFFF
+  for byte in data:
+    crc ^= byte
+    for _ in range(8):
+      crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+  return crc ^ 0xFFFFFFFF
+
+
+def _masked(crc: int) -> int:
+  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def read_scalar_events(path) -> dict:
+  """{(tag, step): value} of a TensorBoard event file, parsed record by record (length, masked
+  CRC of the length, Event proto, masked CRC of the data: the TFRecord format), checksums checked."""
+  import struct
+  from tensorboardX.proto import event_pb2
+  data, at, scalars = open(path, "rb").read(), 0, {}
+  while at < len(data):
+    header = data[at:at + 8]
+    (length,), (header_crc,) = struct.unpack("<Q", header), struct.unpack("<I", data[at + 8:at + 12])
+    assert header_crc == _masked(_crc32c(header)), f"{path}: bad length checksum at byte {at}"
+    body = data[at + 12:at + 12 + length]
+    (body_crc,) = struct.unpack("<I", data[at + 12 + length:at + 16 + length])
+    assert len(body) == length and body_crc == _masked(_crc32c(body)), f"{path}: bad record at {at}"
+    event = event_pb2.Event.FromString(body)
+    for value in event.summary.value:
+      got = value.simple_value if value.HasField("simple_value") else value.tensor.float_val[0]
+      scalars[(value.tag, event.step)] = got
+    at += 16 + length
+  return scalars
+
+
 @pytest.fixture(scope="module")
 def pretrained_workdir(demo_data_dir, tmp_path_factory):
   """One tiny pretraining run shared by the tests below (ResNet50 compiles once)."""
@@ -28,7 +64,14 @@ def test_pretrain_tiny_leaves_checkpoint_metrics_events_config_and_summary(pretr
   lines = [json.loads(l) for l in open(workdir / "metrics.jsonl")]
   train_steps = [l["step"] for l in lines if l["split"] == "train"]
   assert train_steps == [2, 4] and all(l["loss"] > 0 for l in lines)
-  assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir / "tb"))
+  (events,) = [f for f in os.listdir(workdir / "tb") if f.startswith("events.out.tfevents")]
+  # TensorBoard holds the scalars of metrics.jsonl, at their steps (float32 in the event file).
+  scalars = read_scalar_events(workdir / "tb" / events)
+  expected = {(f"{l['split']}/{k}", l["step"]): v for l in lines for k, v in l.items()
+              if k not in ("step", "split") and v is not None}
+  assert scalars.keys() == expected.keys() and ("train/loss", 4) in scalars
+  for key, value in expected.items():
+    assert scalars[key] == pytest.approx(value, rel=1e-6, abs=1e-7), key
   config = json.load(open(workdir / "config.json"))
   assert (config["model"], config["image_size"], config["num_train_steps"]) == ("resnet50", 32, 4)
   summary = json.load(open(workdir / "summary.json"))
@@ -117,5 +160,24 @@ def test_help_lists_every_config_field_with_its_default(command, capsys):
   assert e.value.code == 0
   out = capsys.readouterr().out
   fields = out.split("with their defaults")[1]
-  assert "dataset" in fields and "seed" in fields
+  # Every field of the command's default config, nested ones by their dotted name, each on its own
+  # line with its default's repr (the config is loaded here by ml_collections' own flag parser).
+  from absl import flags
+  from ml_collections import config_flags
+  from radimagenet_jax import config_files
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=fv, sys_argv=["x"])
+  fv(["x", "--config=" + config_files.resolve(cli._DEFAULT_CONFIG[command])])
+  def walk(d, prefix=""):
+    for k, v in d.items():
+      yield from walk(v, f"{prefix}{k}.") if isinstance(v, dict) else [(prefix + k, v)]
+  expected = dict(walk(fv.config.to_dict()))
+  listed = {}
+  for line in fields.splitlines()[1:]:
+    if line.startswith("  ") and line.strip():
+      key, _, value = line.strip().partition(" ")
+      listed[key] = value.strip()
+  assert len(expected) > 20 and listed.keys() == expected.keys()
+  for key, value in expected.items():
+    assert listed[key] == repr(value), key
   assert "Usage:" in out            # the config file's own usage, with a real example
