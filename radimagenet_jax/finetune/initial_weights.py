@@ -7,6 +7,9 @@ same class count provides one (a run resumed elsewhere, a fine-tuned model fine-
 
 `init` in the config is `random`, a path, or a label of `config.inits` (e.g. `radimagenet` ->
 `config.inits.radimagenet.resnet50`), so a sweep can name one weight file per model and label.
+The labels `imagenet` and `radimagenet` whose file is not where the config says (or whose entry is
+the name itself) come from the weights cache (`keras_io.hub`): Keras's ImageNet files are
+downloaded there once; the RadImageNet files are read there, with instructions when absent.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import jax
 import numpy as np
 
 from radimagenet_jax import checkpoints, keras_io, models
+from radimagenet_jax.keras_io import hub
 
 log = logging.getLogger(__name__)
 RANDOM = "random"
@@ -35,7 +39,15 @@ def resolve(config) -> tuple[str, str | None]:
       raise ValueError(f"config.init={init!r}: config.inits.{init} names no weights for {model} "
                        f"(it has: {', '.join(sorted(inits[init] or {})) or 'nothing'}); set "
                        f"--config.inits.{init}.{model}=PATH.")
-    return init, os.path.expanduser(path)
+    path = os.path.expanduser(path)
+    if path in hub.NAMES or (init in hub.NAMES and not os.path.exists(path)):
+      # A name, or the label's file missing where the config says: the cache (and, for
+      # imagenet, Keras's download), looking first in the folder the config names.
+      return init, hub.weights_path(model, path if path in hub.NAMES else init,
+                                    folder=None if path in hub.NAMES else os.path.dirname(path))
+    return init, path
+  if init in hub.NAMES:
+    return init, hub.weights_path(model, init)
   if os.path.exists(os.path.expanduser(init)):
     return os.path.basename(os.path.normpath(init)), os.path.expanduser(init)
   raise ValueError(f"config.init={init!r} is neither 'random', a label of config.inits "

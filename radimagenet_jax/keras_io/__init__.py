@@ -19,10 +19,14 @@ per-class counter (`conv2d_57` is the 58th Conv2D), so the k-th Conv2D of the ta
 names are auto-generated and differ between sessions. Every shape is checked. A backbone stored as
 one layer of a fine-tuning model (nested) is read as its own layers (`nested_models`; in
 `.weights.h5`, a `layers` group inside the layer's group).
+
+Weights by name (`hub`): Keras's ImageNet files downloaded into a cache, the official RadImageNet
+files read from it (`weights="imagenet"` / `"radimagenet"` in `rij.models.create`).
 """
+from radimagenet_jax.keras_io import hub
 from radimagenet_jax.keras_io.convert import convert, weights_info
 from radimagenet_jax.keras_io.describe import describe, matching_models
 from radimagenet_jax.keras_io.load import load_h5
 from radimagenet_jax.keras_io.save import save_h5
 
-__all__ = ["convert", "describe", "load_h5", "matching_models", "save_h5", "weights_info"]
+__all__ = ["convert", "describe", "hub", "load_h5", "matching_models", "save_h5", "weights_info"]

@@ -105,7 +105,9 @@ def create(name: str, num_classes: int = 1000, weights: str | os.PathLike | None
   """Returns ``(model, variables)``.
 
   weights: None (random init) | a Keras .h5 / .weights.h5 file | an Orbax checkpoint directory
-  written by this project (train workdir or `convert` output).
+  written by this project (train workdir or `convert` output) | a name: 'imagenet' (Keras's
+  official notop file, downloaded once and cached) or 'radimagenet' (the official file, read from
+  the cache; `keras_io.hub`). A path that is spelled like a name is given as './imagenet'.
   num_classes: the classifier's classes; 0 gives a features-only model (``model.apply`` returns
   the pooled features (B, C), no head parameters, no head loaded).
   load_head: None (default): a Keras file's classifier is skipped (a warning says so; the head
@@ -114,6 +116,9 @@ def create(name: str, num_classes: int = 1000, weights: str | os.PathLike | None
   False: the backbone only, from either.
   """
   spec = get_spec(name)
+  if isinstance(weights, str) and weights in ("imagenet", "radimagenet"):
+    from radimagenet_jax import keras_io  # before the model is built: a missing file fails fast
+    weights = keras_io.hub.weights_path(spec.name, weights)
   if num_classes == 0 and load_head:
     raise ValueError(f"load_head=True with num_classes=0: a features-only {spec.name} has no "
                      f"classifier to load; pass the classifier's num_classes, or load_head=None.")
