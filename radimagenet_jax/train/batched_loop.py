@@ -26,7 +26,7 @@ import numpy as np
 from radimagenet_jax import checkpoints as ckpt_lib
 from radimagenet_jax import distributed
 from radimagenet_jax.data import pipeline
-from radimagenet_jax.train import batched, config, eval_batches as config_lib, loop, optim, preemption
+from radimagenet_jax.train import batched, config as config_lib, eval_batches, loop, optim, preemption
 from radimagenet_jax.train import state as state_lib
 from radimagenet_jax.train import summary as summary_lib
 from radimagenet_jax.train import writers
