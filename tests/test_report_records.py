@@ -93,6 +93,9 @@ def test_the_report_files_are_written_atomically(sweep, monkeypatch):
   written = []
   real = _files.write_text_atomic
   monkeypatch.setattr(_files, "write_text_atomic", lambda p, t: (written.append(p), real(p, t)))
+  stale = sweep / "report.json.1a2b3c4d.tmp"      # left by a report killed while writing
+  stale.write_text('{"kind": "sw')
   report = write_report(str(sweep))
+  assert not stale.exists()
   assert written == [os.path.join(report["out_dir"], f) for f in ("report.md", "report.json")]
   assert json.load(open(sweep / "report.json"))["inits"] == report["inits"]

@@ -293,6 +293,7 @@ def write_report(paths, out_dir=None, baseline: str | None = None) -> dict:
   report["files"] = report_plots.draw(report, pooled, out_dir)
   report["files"] += [os.path.join(report["out_dir"], f) for f in ("report.md", "report.json")]
   report = _finite(report)
+  _files.remove_stale_tmp(report["out_dir"], ("report.md", "report.json"))  # a killed report's
   _files.write_text_atomic(report["files"][-2], report_plots.markdown(report))
   _files.write_text_atomic(report["files"][-1], json.dumps(report, indent=1, allow_nan=False))
   return report

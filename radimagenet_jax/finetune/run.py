@@ -59,8 +59,9 @@ def finetune(config, workdir: str) -> dict[str, Any]:
   dict {fold: run.json}; `radimagenet-jax report <workdir>/fold*` pools them."""
   validate_config(config)
   if config.fold == "all":
-    return {k: finetune(_with(config, fold=str(k)), os.path.join(workdir, f"fold{k}"))
-            for k in range(config.num_folds)}
+    with preemption.catch_sigterm():  # SIGTERM between two folds is kept: the next one stops
+      return {k: finetune(_with(config, fold=str(k)), os.path.join(workdir, f"fold{k}"))
+              for k in range(config.num_folds)}
   workdir = config_lib.resolve_workdir(workdir)
   config_lib.check_workdir_writable(workdir)
   # Before `prepare` reads the init weights (a checkpoint restore starts JAX's backends, after

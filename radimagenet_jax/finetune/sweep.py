@@ -180,7 +180,7 @@ def write_results(workdir: str) -> list[dict]:
 
 def _one_line(e: BaseException) -> str:
   text = str(e).strip().splitlines()
-  return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
+  return f"{type(e).__name__}: {text[0] if text else ''}"[:600]  # long paths, then the fix
 
 
 class RunLocked(RuntimeError):
@@ -250,7 +250,8 @@ def run_sweep(sweep_settings: dict, workdir: str, runs: Sequence[RunSpec],
       if got is False:
         locked = RunLocked(f"{run_dir} is locked: another process (a second sweep or shard on "
                            "this workdir) is running it")
-    locked = distributed.agree_on_outcome(f"{spec.name}/lock", locked, describe=_one_line)
+    # (Not f"{name}/...": the run's own outcome below reads every key under f"{name}/".)
+    locked = distributed.agree_on_outcome(f"lock-{spec.name}", locked, describe=_one_line)
     if locked is not None:
       stack.close()
       skipped.append(spec.name)

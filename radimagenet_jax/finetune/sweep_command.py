@@ -94,8 +94,11 @@ def run(config, workdir: str) -> int:
                          lambda spec, run_dir: run_lib.finetune(config_of(spec), run_dir),
                          write=distributed.is_main_process(), **batched)
   failed = [r for r in rows if r["status"] == "failed"]
+  done = sum(r["status"] == "done" for r in rows)
+  other = len(rows) - done - len(failed)  # e.g. running in another process (locked)
   if distributed.is_main_process():
-    print(f"sweep: {len(rows) - len(failed)} of {len(rows)} run(s) of this shard done"
+    print(f"sweep: {done} of {len(rows)} run(s) of this shard done"
           + (f", {len(failed)} failed" if failed else "")
+          + (f", {other} not finished (another process is running them)" if other else "")
           + f"; wrote {workdir}/results.csv. Next: radimagenet-jax report {workdir}")
   return len(failed)
