@@ -102,8 +102,9 @@ def write_text_atomic(path: str, text: str) -> None:
   except BaseException as e:
     with contextlib.suppress(OSError):
       os.remove(tmp)
-    if isinstance(e, OSError):
-      raise write_error(path, e) from e
+    converted = write_error(path, e) if isinstance(e, OSError) else e
+    if converted is not e:
+      raise converted from e
     raise
 
 

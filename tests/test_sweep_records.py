@@ -15,7 +15,7 @@ import pytest
 from radimagenet_jax import _files, cli
 from radimagenet_jax.finetune import records, scenarios, sweep
 from radimagenet_jax.train import preemption
-from tests.test_sweep import FakeRun, read_csv, settings, write_records
+from tests.test_sweep import FakeRun, read_csv, settings
 
 ALL = scenarios.preset_runs("demo", ("demo",))
 RUNS = ALL[:4]

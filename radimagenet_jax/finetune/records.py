@@ -11,6 +11,10 @@ file, what is wrong in it and how to go on; the sweep runs a damaged run again (
 
 The checks are cheap (a few JSON files and one CSV of the test set per run) and cached on the
 files' size and modification time, since a sweep re-reads every run after each run.
+
+A sweep's results.csv is built here too (`write_results`: one row per run directory, `read_row`),
+and read back by the report (`read_results`); a backup copy of a run (`copy_of`: runs/X.bak,
+whose spec.json names X) is no run of its own.
 """
 from __future__ import annotations
 
@@ -19,10 +23,16 @@ import io
 import json
 import os
 
+from radimagenet_jax import _files
+
 RUN_RECORDS = ("run.json", "config.json", "splits.json", "predictions.csv", "metrics.json")
 RESULT_COLUMNS = ("run", "model", "init", "freeze", "lr", "fold", "status", "auc", "ci_low",
                   "ci_high", "accuracy", "best_epoch", "trainable_params", "error")
 RERUN_FIX = "re-run the sweep command: it trains a damaged run again"
+METRIC_KEYS = ("auc", "ci_low", "ci_high", "accuracy")  # results.csv's keys of metrics.json
+RUN_KEYS = ("best_epoch", "trainable_params")            # results.csv's keys of run.json
+# The sweep's own records at the top of its workdir (stale temporary files of these are removed).
+SWEEP_RECORDS = ("sweep.json", "results.csv")
 
 
 class RecordError(ValueError):
@@ -99,7 +109,8 @@ def check_run(run_dir: str, *, complete: bool = True, fix: str = RERUN_FIX) -> d
 
   complete: every record of RUN_RECORDS must exist (a sweep's run); False checks the records
   present (a run directory made elsewhere may have only run.json and predictions.csv)."""
-  from radimagenet_jax.evaluate.classification import read_predictions  # pylint: disable=g-import-not-at-top
+  # Here, not at the top: evaluate's package imports its report, which imports this module.
+  from radimagenet_jax.evaluate.classification import read_predictions  # noqa: E501
   path = lambda name: os.path.join(run_dir, name)  # noqa: E731
   have = lambda name: complete or os.path.isfile(path(name))  # noqa: E731
   run = read_json(path("run.json"), "the run's settings and status", fix)
@@ -164,3 +175,69 @@ def state(run_dir: str) -> tuple[str, str]:
     _cache.clear()
   _cache[key] = result
   return result
+
+
+# ---- results.csv: one row per run directory ----
+
+def is_finished(run_dir: str) -> bool:
+  """run.json says "done" and the run's records parse and agree (`state`)."""
+  return state(run_dir)[0] == "done"
+
+
+def _read_json(path: str) -> dict | None:
+  try:
+    return read_json(path)
+  except (OSError, ValueError):
+    return None
+
+
+def read_row(run_dir: str) -> dict:
+  """The results.csv row of one run directory (values as read; '' where unknown)."""
+  spec = _read_json(os.path.join(run_dir, "spec.json")) or {}
+  run = _read_json(os.path.join(run_dir, "run.json")) or {}
+  failed = _read_json(os.path.join(run_dir, "failed.json"))
+  status, reason = state(run_dir)
+  metrics = (_read_json(os.path.join(run_dir, "metrics.json")) or {}) if status == "done" else {}
+  if status != "done" and failed:
+    status, reason = "failed", failed.get("error", "")
+  row = {"run": os.path.basename(os.path.normpath(run_dir)), "status": status, "error": reason}
+  for key in ("model", "init", "freeze", "lr", "fold"):
+    row[key] = spec.get(key, run.get(key))
+  row.update({k: metrics.get(k) for k in METRIC_KEYS})
+  row.update({k: run.get(k) for k in RUN_KEYS})
+  return {k: "" if row[k] is None else row[k] for k in RESULT_COLUMNS}
+
+
+def run_dirs(workdir: str) -> list[str]:
+  """The run directories under ``workdir``/runs, sorted by name: directories whose spec.json, if
+  any, names the directory (a backup copy such as runs/X.bak names X and is no run of its own)."""
+  root = os.path.join(workdir, "runs")
+  out = []
+  for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+    path = os.path.join(root, name)
+    if not os.path.isdir(path):
+      continue
+    if copy_of(path) is None:
+      out.append(path)
+  return out
+
+
+def collect(workdir: str) -> list[dict]:
+  """Rows of every run directory under ``workdir``/runs (`run_dirs`), sorted by name."""
+  return [read_row(d) for d in run_dirs(workdir)]
+
+
+def write_results(workdir: str) -> list[dict]:
+  """Rebuilds ``workdir``/results.csv from the run directories on disk; returns its rows. Holds
+  the workdir's lock while it writes (shards share the file) and removes the temporary files of
+  killed writers."""
+  rows = collect(workdir)
+  buf = io.StringIO()
+  writer = csv.DictWriter(buf, fieldnames=RESULT_COLUMNS, lineterminator="\n")
+  writer.writeheader()
+  writer.writerows(rows)
+  with _files.folder_lock(workdir, unsupported=False) as held:
+    if held:
+      _files.remove_stale_tmp(workdir, SWEEP_RECORDS)
+    _files.write_text_atomic(os.path.join(workdir, "results.csv"), buf.getvalue())
+  return rows

@@ -32,9 +32,7 @@ each run (`distributed.agree_on_outcome`).
 from __future__ import annotations
 
 import contextlib
-import csv
 import errno
-import io
 import json
 import os
 import traceback
@@ -43,17 +41,15 @@ from typing import Callable, Sequence
 from radimagenet_jax import _files, distributed
 from radimagenet_jax._files import write_json_atomic, write_text_atomic as _write_atomic  # noqa: F401
 from radimagenet_jax.finetune import records
-from radimagenet_jax.finetune.records import RESULT_COLUMNS  # noqa: F401  (the public name)
+# The results.csv side lives in `records`; these names are the sweep's public interface too.
+from radimagenet_jax.finetune.records import (RESULT_COLUMNS, collect, is_finished,  # noqa: F401
+                                              read_row, run_dirs, write_results)
 from radimagenet_jax.finetune.scenarios import (RunSpec, Scenario, _check_unique, _fold,
                                                 _model_name, _scenario)
 from radimagenet_jax.train import config as config_lib, preemption
 
 IDENTITY_KEYS = ("dataset", "models", "scenarios", "inits", "folds")
 RUN_CONFIG_KEY = "run_config"  # settings that change results: must not change on resume
-METRIC_KEYS = ("auc", "ci_low", "ci_high", "accuracy")  # top-level keys of metrics.json
-RUN_KEYS = ("best_epoch", "trainable_params")            # top-level keys of run.json
-# The sweep's own records at the top of its workdir (stale temporary files of these are removed).
-SWEEP_RECORDS = ("sweep.json", "results.csv")
 
 
 def sweep_identity(settings: dict) -> dict:
@@ -112,70 +108,6 @@ def _check_same_sweep(sweep_file: str, workdir: str, identity: dict, run_config)
                      f"runs would be mixed with runs of the new settings. Nothing was written. "
                      f"Resume with the saved settings{(' (' + fix + ')') if fix else ''}, or use "
                      f"another --workdir for the new settings.")
-
-
-def is_finished(run_dir: str) -> bool:
-  """run.json says "done" and the run's records parse and agree (`records.state`)."""
-  return records.state(run_dir)[0] == "done"
-
-
-def _read_json(path: str) -> dict | None:
-  try:
-    return records.read_json(path)
-  except (OSError, ValueError):
-    return None
-
-
-def read_row(run_dir: str) -> dict:
-  """The results.csv row of one run directory (values as read; '' where unknown)."""
-  spec = _read_json(os.path.join(run_dir, "spec.json")) or {}
-  run = _read_json(os.path.join(run_dir, "run.json")) or {}
-  failed = _read_json(os.path.join(run_dir, "failed.json"))
-  status, reason = records.state(run_dir)
-  metrics = (_read_json(os.path.join(run_dir, "metrics.json")) or {}) if status == "done" else {}
-  if status != "done" and failed:
-    status, reason = "failed", failed.get("error", "")
-  row = {"run": os.path.basename(os.path.normpath(run_dir)), "status": status, "error": reason}
-  for key in ("model", "init", "freeze", "lr", "fold"):
-    row[key] = spec.get(key, run.get(key))
-  row.update({k: metrics.get(k) for k in METRIC_KEYS})
-  row.update({k: run.get(k) for k in RUN_KEYS})
-  return {k: "" if row[k] is None else row[k] for k in RESULT_COLUMNS}
-
-
-def run_dirs(workdir: str) -> list[str]:
-  """The run directories under ``workdir``/runs, sorted by name: directories whose spec.json, if
-  any, names the directory (a backup copy such as runs/X.bak names X and is no run of its own)."""
-  root = os.path.join(workdir, "runs")
-  out = []
-  for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
-    path = os.path.join(root, name)
-    if not os.path.isdir(path):
-      continue
-    if records.copy_of(path) is None:
-      out.append(path)
-  return out
-
-
-def collect(workdir: str) -> list[dict]:
-  """Rows of every run directory under ``workdir``/runs (`run_dirs`), sorted by name."""
-  return [read_row(d) for d in run_dirs(workdir)]
-
-
-def write_results(workdir: str) -> list[dict]:
-  """Rebuilds ``workdir``/results.csv from the run directories on disk; returns its rows. Holds
-  the workdir's lock while it writes (shards share the file) and removes the temporary files of
-  killed writers."""
-  rows = collect(workdir)
-  buf = io.StringIO()
-  writer = csv.DictWriter(buf, fieldnames=RESULT_COLUMNS, lineterminator="\n")
-  writer.writeheader()
-  writer.writerows(rows)
-  with _files.folder_lock(workdir, unsupported=False) as held:
-    if held:
-      _files.remove_stale_tmp(workdir, SWEEP_RECORDS)
-    _write_atomic(os.path.join(workdir, "results.csv"), buf.getvalue())
-  return rows
 
 
 def _one_line(e: BaseException) -> str:
@@ -288,9 +220,9 @@ def run_sweep(sweep_settings: dict, workdir: str, runs: Sequence[RunSpec],
       if error is not None and _files.is_disk_full(error):
         # Not the run's fault, and every run after it would fail the same way: stop in one line.
         raise _files.RecordWriteError(
-            errno.ENOSPC, f"the disk is full: {spec.name} stopped ({_one_line(error)}); nothing was "
-            f"recorded as failed: free space on the file system of {run_dir} and re-run the same "
-            "command to resume") from error
+            errno.ENOSPC, f"the disk is full: {spec.name} stopped ({_one_line(error)}); nothing "
+            f"was recorded as failed: free space on the file system of {run_dir} and re-run the "
+            "same command to resume") from error
       if error is None:
         log(f"{where}: done")
       else:
