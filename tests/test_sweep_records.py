@@ -187,15 +187,19 @@ def test_an_atomic_write_on_a_full_disk_keeps_the_old_record(tmp_path, monkeypat
   assert json.load(open(target)) == {"auc": 0.5} and os.listdir(tmp_path) == ["metrics.json"]
 
 
-def test_report_on_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("code,says", [
+    (errno.ENOSPC, "the disk is full: cannot write {dir}/report.md (no space left"),
+    (errno.EROFS, "{dir} is not writable (read-only or no permission): cannot write {dir}/report")])
+def test_report_on_a_full_disk_or_read_only_file_system_is_one_line(tmp_path, monkeypatch, capsys,
+                                                                    code, says):
   from tests.test_report import make_sweep
   make_sweep(str(tmp_path))
   monkeypatch.setattr(_files.os, "replace", lambda *a: (_ for _ in ()).throw(
-      OSError(errno.ENOSPC, "No space left on device")))
+      OSError(code, os.strerror(code))))
   assert cli.main(["report", str(tmp_path)]) == 1
   err = capsys.readouterr().err.strip().splitlines()
-  assert len(err) == 1 and err[0].startswith(f"radimagenet-jax report: error: the disk is full: "
-                                             f"cannot write {tmp_path}")
+  assert len(err) == 1 and err[0].startswith("radimagenet-jax report: error: "
+                                             + says.format(dir=tmp_path)), err
   assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp") or f.startswith("report.")]
 
 

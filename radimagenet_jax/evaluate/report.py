@@ -21,8 +21,8 @@ import numpy as np
 
 from radimagenet_jax import _files
 from radimagenet_jax.evaluate import roc
-from radimagenet_jax.finetune import records
 from radimagenet_jax.evaluate.classification import multiclass_metrics
+from radimagenet_jax.finetune import records
 
 MULTICLASS_NOTE = "multi-class runs: macro one-vs-rest AUC, no DeLong CI or test"
 
