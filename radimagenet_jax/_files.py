@@ -1,25 +1,110 @@
 """Files shared by several processes: atomic writes (a temporary file next to the target, then a
 rename, so no reader ever sees half of one) for every JSON / CSV record a run or a sweep writes,
-and the folder lock that builds and converts hold while they write."""
+the clean-up of the temporary files a killed writer left, and the folder lock that builds,
+converts and a sweep's runs hold while they write.
+
+A record is created with mode 0666 minus the process's umask, as `open` creates files (mkstemp's
+0600 would hide a shared sweep's records from its other users). A write that fails because the
+disk is full or the folder is read-only raises `RecordWriteError`: one line naming the file, the
+cause and the fix, with no temporary file left behind and the previous version of the record
+intact."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
-import tempfile
+import re
+import secrets
 from typing import Any
+
+TMP_SUFFIX = ".tmp"
+# `<record name>.<8 random characters>.tmp`: ours (and mkstemp's, which older versions used).
+_TMP_NAME = re.compile(r"^(?P<record>.+)\.[A-Za-z0-9_]{8}\.tmp$")
+_DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+class RecordWriteError(OSError):
+  """A record could not be written (disk full, read-only folder); the message says which and how
+  to go on. The previous version of the record, if any, is intact."""
+
+  def __str__(self):  # the message alone, without OSError's "[Errno 28]" prefix
+    return str(self.strerror)
+
+
+def is_disk_full(error: BaseException | None) -> bool:
+  """True when ``error`` or one of its causes is a full disk (ENOSPC, EDQUOT)."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in _DISK_FULL:
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def write_error(path: str, error: OSError) -> OSError:
+  """``error`` (raised writing ``path``) as a one-line `RecordWriteError` when the disk is full or
+  the folder read-only; any other error unchanged."""
+  folder = os.path.dirname(os.path.abspath(path))
+  if error.errno in _DISK_FULL:
+    return RecordWriteError(error.errno, f"the disk is full: cannot write {path} (no space left on "
+                            f"the file system of {folder}); nothing was half-written: free space "
+                            "there and re-run the same command to resume")
+  if error.errno in _READ_ONLY:
+    return RecordWriteError(error.errno, f"{folder} is not writable (read-only or no permission): "
+                            f"cannot write {path}; make it writable or choose a writable directory")
+  return error
+
+
+def describe_os_error(error: OSError) -> str | None:
+  """The one-line message of a full disk or a read-only folder (`RecordWriteError`, or a raw
+  OSError from elsewhere: Orbax, numpy, matplotlib); None for any other error."""
+  if isinstance(error, RecordWriteError):
+    return str(error)
+  if error.errno in _DISK_FULL:
+    where = f" writing {error.filename}" if error.filename else ""
+    return (f"the disk is full{where} ({os.strerror(error.errno)}); free space there and re-run "
+            "the same command to resume (finished work is kept)")
+  if error.errno == errno.EROFS:
+    where = f" {error.filename}" if error.filename else ""
+    return (f"read-only file system: cannot write{where}; choose a writable directory "
+            "(--workdir, --out)")
+  return None
+
+
+def check_writable(folder: str, what: str = "the output directory") -> None:
+  """One line (before any work) when ``folder``, or the existing folder it would be made in, is a
+  file or cannot be written (read-only file system, no permission)."""
+  folder = os.path.abspath(folder)
+  if os.path.exists(folder) and not os.path.isdir(folder):
+    raise RecordWriteError(errno.ENOTDIR, f"{what} {folder} is a file; expected a directory")
+  parent = folder
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise RecordWriteError(errno.EACCES, f"{what} {folder} cannot be written ({parent} is "
+                           "read-only or not writable by this user); make it writable or choose "
+                           "another directory")
 
 
 def write_text_atomic(path: str, text: str) -> None:
-  fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp",
-                             dir=os.path.dirname(path) or ".")
+  """``text`` at ``path``, atomically: written to ``<path>.<random>.tmp`` in the same folder, then
+  renamed over ``path``. On any failure the temporary file is removed and ``path`` is untouched."""
+  tmp = f"{path}.{secrets.token_hex(4)}{TMP_SUFFIX}"
   try:
+    # O_EXCL: a fresh file of our own; mode 0666 & ~umask, as open() would create the record.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     with os.fdopen(fd, "w", newline="") as f:
       f.write(text)
     os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
+  except BaseException as e:
+    with contextlib.suppress(OSError):
       os.remove(tmp)
+    converted = write_error(path, e) if isinstance(e, OSError) else e
+    if converted is not e:
+      raise converted from e
     raise
 
 
@@ -30,6 +115,26 @@ def write_json_atomic(path: str, obj: Any) -> None:
   else:
     text = json.dumps(obj, indent=2, sort_keys=True, default=str)
   write_text_atomic(path, text + "\n")
+
+
+def remove_stale_tmp(folder: str, records=None) -> list[str]:
+  """Removes the temporary files of `write_text_atomic` in ``folder`` (of the records named in
+  ``records``, or all) that a killed writer left; returns their paths. Call it only where no other
+  process can be writing the same records (under the folder's lock)."""
+  removed = []
+  try:
+    names = os.listdir(folder)
+  except OSError:
+    return removed
+  for name in names:
+    m = _TMP_NAME.match(name)
+    if m and (records is None or m.group("record") in records):
+      path = os.path.join(folder, name)
+      with contextlib.suppress(OSError):
+        if os.path.isfile(path) and not os.path.islink(path):
+          os.remove(path)
+          removed.append(path)
+  return removed
 
 
 @contextlib.contextmanager

@@ -309,6 +309,14 @@ def main(argv=None):
     print(f"radimagenet-jax {argv[0]}: error: {e}", file=sys.stderr)
     _exit_if_failed_alone(1)
     return 1
+  except OSError as e:  # a full disk or a read-only folder: one line; any other OSError is a bug
+    from radimagenet_jax import _files
+    line = _files.describe_os_error(e)
+    if line is None:
+      raise
+    print(f"radimagenet-jax {argv[0]}: error: {line}", file=sys.stderr)
+    _exit_if_failed_alone(1)
+    return 1
   except Exception:  # a bug: in a multi-process job, its traceback and no wait when alone
     if not _in_multiprocess_job():
       raise

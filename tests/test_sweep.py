@@ -8,6 +8,7 @@ import re
 
 import pytest
 
+from radimagenet_jax.evaluate import write_predictions
 from radimagenet_jax.finetune import scenarios, sweep
 
 # docs/fidelity.md "Downstream fine-tuning": 4 CNNs x {unfreeze all at 1e-3 and 1e-4; freeze all (head
@@ -39,13 +40,25 @@ class FakeRun:
       raise KeyboardInterrupt
     if spec.name in self.fail:
       raise ValueError(f"bad weights for {spec.model}\nsecond line")
-    auc = (len(spec.name) % 17) / 20
-    sweep.write_json_atomic(os.path.join(run_dir, "metrics.json"),
-                            {"auc": auc, "ci_low": auc - 0.1, "ci_high": auc + 0.1,
-                             "accuracy": 0.5, "confusion": [[1, 2], [3, 4]]})
-    sweep.write_json_atomic(os.path.join(run_dir, "run.json"),
-                            {"status": "done", "best_epoch": len(self.calls), "model": spec.model,
-                             "trainable_params": 1000 + len(spec.name)})
+    write_records(run_dir, spec, len(self.calls))
+
+
+def write_records(run_dir, spec, calls=1, n=4):
+  """The records of a finished run, as `finetune.run.finish` writes them (4 test examples)."""
+  auc = (len(spec.name) % 17) / 20
+  ids = [f"x{k}" for k in range(n)]
+  sweep.write_json_atomic(os.path.join(run_dir, "config.json"), {"model": spec.model})
+  sweep.write_json_atomic(os.path.join(run_dir, "splits.json"),
+                          {"train": ["t0", "t1"], "validation": ["v0"], "test": ids})
+  write_predictions(os.path.join(run_dir, "predictions.csv"), ids, ids, [k % 2 for k in range(n)],
+                    [[0.5, 0.5]] * n)
+  sweep.write_json_atomic(os.path.join(run_dir, "metrics.json"),
+                          {"auc": auc, "ci_low": auc - 0.1, "ci_high": auc + 0.1, "n": n,
+                           "accuracy": 0.5, "confusion": [[1, 2], [3, 4]]})
+  sweep.write_json_atomic(os.path.join(run_dir, "run.json"),
+                          {"status": "done", "best_epoch": calls, "model": spec.model,
+                           "trainable_params": 1000 + len(spec.name),
+                           "class_names": ["benign", "malignant"]})
 
 
 def read_csv(workdir):
@@ -130,8 +143,8 @@ def test_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path):
   # A run_one that returns without finishing is a failure too.
   retry = sweep.run_sweep(settings(runs), tmp_path, runs, lambda s, d: None, log=lambda _: None)
   assert [r["error"] for r in retry if r["status"] == "failed"] == [
-      f"RuntimeError: run_one returned but {tmp_path / 'runs' / runs[1].name} has no metrics.json "
-      "and run.json with status 'done'"]
+      f"RuntimeError: run_one returned but {tmp_path / 'runs' / runs[1].name} has no run.json "
+      "with status 'done'"]
   # The next sweep retries it; success clears the failure.
   rows = sweep.run_sweep(settings(runs), tmp_path, runs, FakeRun(), log=lambda _: None)
   assert all(r["status"] == "done" and r["error"] == "" for r in rows)

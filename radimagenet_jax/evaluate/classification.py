@@ -12,11 +12,13 @@ is 0 (e.g. PPV when nothing is called positive) is None.
 from __future__ import annotations
 
 import csv
+import io
 import os
 from typing import NamedTuple
 
 import numpy as np
 
+from radimagenet_jax import _files
 from radimagenet_jax.evaluate import roc
 
 
@@ -162,11 +164,12 @@ def write_predictions(path, ids, patients, labels, probs) -> str:
     raise ValueError(f"ids, patients, labels and probs (2-D) need one entry per example; got "
                      f"{len(ids)}, {len(patients)}, {len(labels)} and shape {p.shape}.")
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w", newline="") as f:
-    w = csv.writer(f)
-    w.writerow(["id", "patient", "label"] + [f"score_{k}" for k in range(p.shape[1])])
-    for i in range(p.shape[0]):
-      w.writerow([ids[i], patients[i], int(labels[i])] + [repr(float(v)) for v in p[i]])
+  buf = io.StringIO()
+  w = csv.writer(buf)
+  w.writerow(["id", "patient", "label"] + [f"score_{k}" for k in range(p.shape[1])])
+  for i in range(p.shape[0]):
+    w.writerow([ids[i], patients[i], int(labels[i])] + [repr(float(v)) for v in p[i]])
+  _files.write_text_atomic(os.fspath(path), buf.getvalue())  # never half a file, even if killed
   return str(path)
 
 

@@ -13,22 +13,22 @@ predictions.csv or run.json, are listed under "missing".
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
 
 import numpy as np
 
+from radimagenet_jax import _files
 from radimagenet_jax.evaluate import roc
-from radimagenet_jax.evaluate.classification import multiclass_metrics, read_predictions
+from radimagenet_jax.evaluate.classification import multiclass_metrics
+from radimagenet_jax.finetune import records
 
 MULTICLASS_NOTE = "multi-class runs: macro one-vs-rest AUC, no DeLong CI or test"
 
 
 def _json(path: str) -> dict:
-  with open(path) as f:
-    return json.load(f)
+  return records.read_json(path)  # a damaged file is a one-line error naming it
 
 
 def _fold(v) -> int | None:
@@ -58,7 +58,7 @@ def _load_run(run_dir: str, name: str, row: dict | None = None) -> dict:
   pred_path = os.path.join(run_dir, "predictions.csv")
   run["status"] = row.get("status") or ("done" if os.path.isfile(pred_path) else "missing")
   if run["status"] != "done":
-    run["reason"] = f"status {run['status']}"
+    run["reason"] = f"status {run['status']}" + (f": {row['error']}" if row.get("error") else "")
   elif not os.path.isdir(run_dir):
     run["reason"] = "no run directory"
   elif not info:
@@ -66,7 +66,7 @@ def _load_run(run_dir: str, name: str, row: dict | None = None) -> dict:
   elif not os.path.isfile(pred_path):
     run["reason"] = "no predictions.csv"
   else:
-    run["preds"] = read_predictions(pred_path)
+    run["preds"] = records.check_run(run_dir, complete=False)["predictions"]  # parse and agree
     if run["preds"].probs.shape[1] != len(run["class_names"] or []):
       raise ValueError(f"{pred_path} has {run['preds'].probs.shape[1]} score columns but run.json "
                        f"lists {len(run['class_names'] or [])} classes.")
@@ -87,12 +87,12 @@ def _collect(paths) -> tuple[str, dict, list]:
         os.path.join(sweep, "sweep.json")) else {}
     rows = []
     if os.path.isfile(os.path.join(sweep, "results.csv")):
-      with open(os.path.join(sweep, "results.csv"), newline="") as f:
-        rows = list(csv.DictReader(f))
+      rows = records.read_results(os.path.join(sweep, "results.csv"))
     runs_dir = os.path.join(sweep, "runs")
     names = [r["run"] for r in rows]
     extra = sorted(d for d in (os.listdir(runs_dir) if os.path.isdir(runs_dir) else [])
-                   if d not in names and os.path.isfile(os.path.join(runs_dir, d, "run.json")))
+                   if d not in names and os.path.isfile(os.path.join(runs_dir, d, "run.json"))
+                   and records.copy_of(os.path.join(runs_dir, d)) is None)  # not runs/X.bak
     runs = [_load_run(os.path.join(runs_dir, r["run"]), r["run"], r) for r in rows]
     runs += [_load_run(os.path.join(runs_dir, d), d) for d in extra]
     return "sweep", settings, runs
@@ -246,6 +246,7 @@ def write_report(paths, out_dir=None, baseline: str | None = None) -> dict:
   kind, settings, runs = _collect(paths)
   out_dir = os.fspath(out_dir or (paths[0] if kind == "sweep" else
                                   os.path.dirname(os.path.abspath(paths[0]))))
+  _files.check_writable(out_dir, "the report's directory")  # before any work
   usable = [r for r in runs if r["preds"] is not None]
   for r in usable[1:]:
     if r["class_names"] != usable[0]["class_names"]:
@@ -270,7 +271,8 @@ def write_report(paths, out_dir=None, baseline: str | None = None) -> dict:
     slot = groups.setdefault(key, {}).setdefault(r["init"], {})
     if r["fold"] in slot:
       raise ValueError(f"runs {slot[r['fold']]['run']} and {r['run']} have the same init, model, "
-                       f"freeze, lr and fold; give them different init labels in run.json.")
+                       f"freeze, lr and fold; if one is a copy of the other, move it out of the "
+                       f"report's input, else give them different init labels in run.json.")
     slot[r["fold"]] = r
   missing = [{k: r[k] for k in ("run", "init", "model", "freeze", "lr", "fold", "status",
                                 "reason")} for r in runs if r["preds"] is None]
@@ -291,8 +293,7 @@ def write_report(paths, out_dir=None, baseline: str | None = None) -> dict:
   report["files"] = report_plots.draw(report, pooled, out_dir)
   report["files"] += [os.path.join(report["out_dir"], f) for f in ("report.md", "report.json")]
   report = _finite(report)
-  with open(report["files"][-2], "w") as f:
-    f.write(report_plots.markdown(report))
-  with open(report["files"][-1], "w") as f:
-    json.dump(report, f, indent=1, allow_nan=False)
+  _files.remove_stale_tmp(report["out_dir"], ("report.md", "report.json"))  # a killed report's
+  _files.write_text_atomic(report["files"][-2], report_plots.markdown(report))
+  _files.write_text_atomic(report["files"][-1], json.dumps(report, indent=1, allow_nan=False))
   return report

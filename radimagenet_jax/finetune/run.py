@@ -23,7 +23,7 @@ from radimagenet_jax import checkpoints, distributed, evaluate, models
 from radimagenet_jax.data import tfds_source
 from radimagenet_jax.finetune import folds, freeze, initial_weights as init_lib
 from radimagenet_jax.train import config as config_lib
-from radimagenet_jax.train import inference, loop
+from radimagenet_jax.train import inference, loop, preemption
 
 FINETUNE_KEYS = ("init", "inits", "freeze", "fold", "num_folds", "val_fraction",
                  "sweep", "sweep_models", "sweep_inits", "sweep_folds", "shard", "parallel_runs")
@@ -59,8 +59,9 @@ def finetune(config, workdir: str) -> dict[str, Any]:
   dict {fold: run.json}; `radimagenet-jax report <workdir>/fold*` pools them."""
   validate_config(config)
   if config.fold == "all":
-    return {k: finetune(_with(config, fold=str(k)), os.path.join(workdir, f"fold{k}"))
-            for k in range(config.num_folds)}
+    with preemption.catch_sigterm():  # SIGTERM between two folds is kept: the next one stops
+      return {k: finetune(_with(config, fold=str(k)), os.path.join(workdir, f"fold{k}"))
+              for k in range(config.num_folds)}
   workdir = config_lib.resolve_workdir(workdir)
   config_lib.check_workdir_writable(workdir)
   # Before `prepare` reads the init weights (a checkpoint restore starts JAX's backends, after
@@ -68,8 +69,14 @@ def finetune(config, workdir: str) -> dict[str, Any]:
   distributed.initialize()
   prepared = prepare(config)
   os.makedirs(workdir, exist_ok=True)
-  summary = loop.fit(prepared.config, workdir, prepared.task)
-  return finish(prepared, workdir, summary)
+  # SIGTERM in any phase (training, validation, the test predictions, the records) stops cleanly:
+  # in training after the next step (the engine), later once the records are written.
+  with preemption.catch_sigterm():
+    summary = loop.fit(prepared.config, workdir, prepared.task)
+    run = finish(prepared, workdir, summary)
+    if preemption.stop_agreed():
+      raise preemption.Preempted(None, workdir, after="the run finished")
+  return run
 
 
 RUN_SETS = ("train", "validation", "test")

@@ -35,6 +35,22 @@ def folds_of(config) -> list[int | None]:
   return [int(f) for f in _list(config.sweep_folds)]
 
 
+# Config fields that may change between invocations of one sweep: where things are, how they are
+# logged, saved and batched, not what a run computes (`parallel_runs`: finetune.parallel's
+# guarantee). Every other field, except the per-run ones set by `run_config`, is saved in
+# sweep.json and refused when changed on resume (`sweep.RUN_CONFIG_KEY`).
+OPERATIONAL_FIELDS = ("progress_bar", "log_every", "checkpoint_every", "keep_checkpoints",
+                      "worker_count", "data_dir", "build_dataset", "eval_batch_size",
+                      "compilation_cache_dir", "shard", "parallel_runs")
+PER_RUN_FIELDS = ("model", "init", "freeze", "learning_rate", "fold")
+
+
+def results_config(config) -> dict:
+  """The config's fields that change a run's results and are the same for all its runs."""
+  return {k: v for k, v in config.to_dict().items()
+          if k not in OPERATIONAL_FIELDS + PER_RUN_FIELDS}
+
+
 def plan(config) -> tuple[dict, list[scenarios.RunSpec]]:
   """(sweep settings for sweep.json, this shard's runs), checked before anything runs. With
   ``parallel_runs`` K > 1 a shard holds whole chunks of K runs (`parallel.shard`), else every n-th
@@ -49,7 +65,7 @@ def plan(config) -> tuple[dict, list[scenarios.RunSpec]]:
               "folds": sorted({r.fold for r in runs}, key=lambda f: -1 if f is None else f),
               "init_order": inits, "preset": config.sweep,
               "image_size": config.image_size, "num_epochs": config.num_epochs,
-              "batch_size": config.batch_size}
+              "batch_size": config.batch_size, sweep.RUN_CONFIG_KEY: results_config(config)}
   k = parallel.check_parallel_runs(config.parallel_runs)
   if k == 1:
     return settings, scenarios.shard(runs, config.shard)
@@ -78,8 +94,11 @@ def run(config, workdir: str) -> int:
                          lambda spec, run_dir: run_lib.finetune(config_of(spec), run_dir),
                          write=distributed.is_main_process(), **batched)
   failed = [r for r in rows if r["status"] == "failed"]
+  done = sum(r["status"] == "done" for r in rows)
+  other = len(rows) - done - len(failed)  # e.g. running in another process (locked)
   if distributed.is_main_process():
-    print(f"sweep: {len(rows) - len(failed)} of {len(rows)} run(s) of this shard done"
+    print(f"sweep: {done} of {len(rows)} run(s) of this shard done"
           + (f", {len(failed)} failed" if failed else "")
+          + (f", {other} not finished (another process is running them)" if other else "")
           + f"; wrote {workdir}/results.csv. Next: radimagenet-jax report {workdir}")
   return len(failed)

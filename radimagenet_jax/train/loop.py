@@ -87,8 +87,13 @@ def check_resume(config, workdir: str, ident: dict, mngr) -> int | None:
   ckpt_lib.check_identity(ckpt_lib.read_metadata(workdir, start), ident, workdir)
   saved_path = os.path.join(workdir, "config.json")
   if os.path.exists(saved_path):
-    with open(saved_path) as f:
-      saved = json.load(f)
+    try:
+      with open(saved_path, "rb") as f:
+        saved = json.loads(f.read().decode("utf-8"))
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError: name the file and the fix
+      raise ValueError(f"{saved_path} is not valid JSON ({e}); it is the saved config of the run "
+                       f"to resume (step {start}): restore it, or delete {workdir} to train the "
+                       f"run from scratch.") from None
     changed = config_lib.changed_fields(saved, config)
     if changed:
       diffs = "; ".join(f"{k}: saved {saved.get(k)!r}, now {config.to_dict().get(k)!r}"
