@@ -8,7 +8,9 @@ The runs (presets, names, shards) come from `finetune.scenarios`:
 
 The sweep directory:
   sweep.json           the sweep's identity (dataset, models, scenarios, inits, folds) and settings;
-                       a workdir holding ANOTHER sweep is refused before anything is written
+                       a workdir holding ANOTHER sweep (another dataset) is refused before
+                       anything is written; more models, scenarios, inits or folds EXTEND it
+                       (sweep.json then lists the union; finished runs are kept)
   runs/<name>/         one run (name e.g. resnet50-top10-lr0.01-radimagenet-fold0): spec.json
                        (written here), run.json and metrics.json (written by run_one), failed.json
                        (here, when run_one raised: the one-line error and the traceback)
@@ -61,6 +63,19 @@ def sweep_identity(settings: dict) -> dict:
 
 def _jsonable(identity: dict) -> dict:
   return json.loads(json.dumps(identity, default=str))
+
+
+def _extended(old: dict, identity: dict, sweep_settings: dict) -> dict:
+  """sweep.json for a sweep grown by ``identity``: each identity list the union of the old and the
+  new (the dataset is the same), the init order the old one then the new inits."""
+  union = {k: list(old.get(k) or []) + list(identity[k]) for k in IDENTITY_KEYS if k != "dataset"}
+  grown = _jsonable(sweep_identity({"dataset": old["dataset"], **union}))
+  settings = dict(old.get("settings") or {})
+  if "init_order" in settings:
+    new_order = sweep_settings.get("init_order") or identity["inits"]
+    settings["init_order"] = settings["init_order"] + [
+        i for i in new_order if i not in settings["init_order"]]
+  return {**old, **grown, "settings": settings}
 
 
 def _check_runs(runs: Sequence[RunSpec], identity: dict) -> None:
@@ -164,10 +179,17 @@ def run_sweep(sweep_settings: dict, workdir: str, runs: Sequence[RunSpec],
       raise ValueError(f"{sweep_file} is unreadable; expected a sweep.json written by run_sweep")
     new = _jsonable(identity)
     differ = [k for k in IDENTITY_KEYS if old.get(k) != new[k]]
-    if differ:
+    if "dataset" in differ:  # more models/scenarios/inits/folds extend it (finished runs kept)
       raise ValueError(f"{workdir} holds another sweep: sweep.json differs in {differ} "
                        f"({', '.join(f'{k}={old.get(k)!r}, now {new[k]!r}' for k in differ)}); "
                        "expected the same sweep or an empty --workdir")
+    if differ:
+      extended = _extended(old, identity, sweep_settings)
+      if extended != old and write:
+        added = {k: [v for v in extended[k] if v not in old.get(k, [])] for k in differ}
+        log(f"extending the sweep in {workdir}: " + ", ".join(
+            f"+{k} {v}" for k, v in added.items() if v))
+        write_json_atomic(sweep_file, extended)
   elif write:
     os.makedirs(workdir, exist_ok=True)
     extra = {k: v for k, v in sweep_settings.items() if k not in IDENTITY_KEYS}

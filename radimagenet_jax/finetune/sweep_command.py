@@ -3,7 +3,8 @@
     radimagenet-jax sweep --config=configs/finetune.py:busi,sweep=paper --workdir=runs/busi_sweep \
         [--config.shard=0/4]
 
-The config names the preset (`sweep`: paper | demo), the models (`sweep_models`), the inits
+The config names the preset (`sweep`: paper | demo) or its own scenarios (`sweep_scenarios`:
+FREEZE@LR,... or a file; they replace the preset's), the models (`sweep_models`), the inits
 compared in order, candidate first (`sweep_inits`, e.g. `radimagenet,imagenet`, each a label of
 `config.inits` or `random`) and the folds (`sweep_folds`: all | none | 0,1,...). Every run gets the
 sweep's config with its model, init, freeze mode, learning rate and fold set, in
@@ -42,8 +43,13 @@ def plan(config) -> tuple[dict, list[scenarios.RunSpec]]:
   inits = _list(config.sweep_inits)
   if not inits:
     raise ValueError("config.sweep_inits is empty; expected e.g. 'radimagenet,imagenet'.")
-  runs = scenarios.preset_runs(config.sweep, inits, folds=folds_of(config),
-                               models=_list(config.sweep_models))
+  if config.get("sweep_scenarios"):  # the user's own list (FREEZE@LR,... or a file)
+    runs = scenarios.expand(_list(config.sweep_models),
+                            scenarios.parse_scenarios(config.sweep_scenarios), inits,
+                            folds_of(config))
+  else:
+    runs = scenarios.preset_runs(config.sweep, inits, folds=folds_of(config),
+                                 models=_list(config.sweep_models))
   settings = {"dataset": config.dataset, "models": sorted({r.model for r in runs}),
               "scenarios": sorted({tuple(r.scenario) for r in runs}), "inits": inits,
               "folds": sorted({r.fold for r in runs}, key=lambda f: -1 if f is None else f),
