@@ -172,7 +172,12 @@ class ImageFolder(common.SplitBuilder):
 
   def build_summary(self) -> list[str]:
     """Lines for the build's printed summary (classes with counts, patients, masks)."""
-    return list(getattr(self, "_summary", []))
+    lines = list(getattr(self, "_summary", []))
+    bad = sum(1 for _, reason in self.skipped_files if reason.startswith("mask"))
+    if bad:  # skip mode: masks missing, of the wrong size or not binary; their images dropped
+      lines.append(f"  masks skipped (missing, wrong size or not binary): {bad}, with their images; see "
+                   "skipped_files.tsv")
+    return lines
 
   def _read_mask(self, path, mask_path, shape):
     """The 0/1 uint8 HxWx1 mask, or None after source_error (unreadable, wrong size, not binary)."""

@@ -123,6 +123,8 @@ def test_bad_masks_and_rows_are_one_line_errors_or_one_skipped_line(tmp_path, ca
   examples, _ = _examples(builder)
   assert "lesion/patient01/slice_000.png" not in examples  # both rows of a duplicate dropped
   assert len(examples) == 9
+  lines = [l for l in builder.build_summary() if "masks skipped" in l]
+  assert len(lines) == (1 if case in ("size", "values", "missing") else 0)
 
 
 def test_undeclared_classes_are_printed_with_counts_and_a_rare_one_is_flagged(tmp_path, capsys):
