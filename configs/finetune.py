@@ -15,7 +15,8 @@ The ``:arg`` is a comma-separated list of one data set variant and ``key=value``
   tiny         the demo data at 32x32, a few steps: smoke tests
   own          your data set built with `radimagenet-jax build image_folder` (docs/datasets.md
                "Your own data"): ResNet50, batch 32, 5 folds by patient, inits `pretrained` (the
-               weights= file) and `random`, scenarios head@1e-2,top10@1e-3,all@1e-4
+               weights= file) and `random` (without weights=: radimagenet and imagenet, the files
+               under weights/), scenarios head@1e-2,top10@1e-3,all@1e-4 (sweep=NAME: a preset's)
   data=NAME    (own) the built TFDS data set, e.g. image_folder or image_folder/lung
   weights=PATH (own) the pretrained weights: a Keras .h5 file or a checkpoint folder (runs/x/best)
   scenarios=LIST  FREEZE@LR items replacing the preset's scenarios, e.g. top10@1e-3,all@1e-4, or
