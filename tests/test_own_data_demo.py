@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from radimagenet_jax.data import build, tfds_source
+from radimagenet_jax.data import build, tfds_source, transforms
 from tfds_builders.image_folder import make_demo
 
 
@@ -40,9 +40,15 @@ def test_the_folder_holds_pngs_labels_patients_and_masks_of_the_demo(folder, dem
     make_demo.write(out, count=40, data_dir=demo_data_dir)
 
 
-def test_image_folder_builds_it_with_masks_patients_and_patient_folds(folder, tmp_path):
+@pytest.fixture(scope="module")
+def built(folder, tmp_path_factory):
+  data_dir = tmp_path_factory.mktemp("own_tfds")
+  return build.build("image_folder", data_dir=data_dir, manual_dir=folder[0], progress=False), data_dir
+
+
+def test_image_folder_builds_it_with_masks_patients_and_patient_folds(folder, built):
   out, done = folder
-  builder = build.build("image_folder", data_dir=tmp_path, manual_dir=out, progress=False)
+  builder, tmp_path = built
   assert builder.info.features["label"].names == ["absent", "present"]
   rows = {r["path"]: r for r in _rows(out)}
   fold_of = {}
@@ -57,3 +63,23 @@ def test_image_folder_builds_it_with_masks_patients_and_patient_folds(folder, tm
       np.testing.assert_array_equal(e["mask"][..., 0], np.broadcast_to(expected, (128, 128)))
       assert bool(e["has_mask"]) == bool(row["mask"])
   assert sum(1 for _ in fold_of) == done["patients"]
+
+
+def test_gradcam_runs_on_the_own_data_and_reads_its_masks(folder, built, tmp_path):
+  from radimagenet_jax import cli
+  out, _ = folder
+  _, data_dir = built
+  work = tmp_path / "cam"
+  assert cli.main(["gradcam", "--config=configs/gradcam.py:own,model_b=none",
+                   f"--workdir={work}", f"--config.data_dir={data_dir}", "--config.image_size=32",
+                   "--config.max_images=6", "--config.batch_size=6", "--config.num_overlays=0"]) == 0
+  with open(work / "per_image.csv", newline="") as f:
+    rows = list(csv.DictReader(f))
+  fold0 = tfds_source.open_source("image_folder", "fold0", data_dir, decode=False)
+  assert [r["id"] for r in rows] == [fold0[i]["file_name"].decode() for i in range(6)]
+  labels = {r["path"]: r for r in _rows(out)}
+  for r in rows:  # the mask Grad-CAM compared with: labels.csv's PNG (or none) at the input size
+    mask = labels[r["id"]]["mask"]
+    pixels = int((transforms.resize(np.asarray(Image.open(out / mask)), (32, 32)) > 0).sum()
+                 ) if mask else 0
+    assert int(r["mask_pixels"]) == pixels and (r["mask_empty"] == "True") == (pixels == 0)
