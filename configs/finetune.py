@@ -5,12 +5,22 @@ Usage:
       --workdir=runs/busi_r50_top10 --config.inits.radimagenet.resnet50=weights/RadImageNet-ResNet50_notop.h5
   radimagenet-jax sweep --config=configs/finetune.py:busi,sweep=paper --workdir=runs/busi_sweep
   radimagenet-jax finetune --config=configs/finetune.py:demo --workdir=runs/ft_demo
+  radimagenet-jax sweep --config=configs/finetune.py:own,data=image_folder,weights=runs/demo/best,scenarios=top10@1e-3,all@1e-4 \
+      --workdir=runs/own_sweep
 
 The ``:arg`` is a comma-separated list of one data set variant and ``key=value`` settings:
   busi, ddti, mrnet_acl, mrnet_meniscus, rsna_pneumonia, rsna_ich, cc_ccii   the paper's sets
   demo         radimagenet_demo/lesion at 64x64: minutes on a 2-core CPU (init: the README's
                pretraining demo checkpoint runs/demo, or random)
   tiny         the demo data at 32x32, a few steps: smoke tests
+  own          your data set built with `radimagenet-jax build image_folder` (docs/datasets.md
+               "Your own data"): ResNet50, batch 32, 5 folds by patient, inits `pretrained` (the
+               weights= file) and `random` (without weights=: radimagenet and imagenet, the files
+               under weights/), scenarios head@1e-2,top10@1e-3,all@1e-4 (sweep=NAME: a preset's)
+  data=NAME    (own) the built TFDS data set, e.g. image_folder or image_folder/lung
+  weights=PATH (own) the pretrained weights: a Keras .h5 file or a checkpoint folder (runs/x/best)
+  scenarios=LIST  FREEZE@LR items replacing the preset's scenarios, e.g. top10@1e-3,all@1e-4, or
+               a file with one a line; a sweep workdir can be extended later with more
   model=NAME   resnet50 | densenet121 | inception_v3 | inception_resnet_v2
   init=INIT    random | a label of config.inits (radimagenet, imagenet, demo) | a .h5 / checkpoint path
   freeze=MODE  all | head (the paper's "freeze all") | top10 | top<N> | rules:REGEX=train|freeze;...
@@ -39,14 +49,35 @@ DATASETS = {
     "cc_ccii": ("cc_ccii/ncp_vs_cp", "paper_noflip", False),
     "demo": ("radimagenet_demo/lesion", "paper", True),
     "tiny": ("radimagenet_demo/lesion", "none", True),
+    "own": ("image_folder", "paper", True),
 }
-SETTINGS = ("model", "init", "freeze", "lr", "fold", "sweep")
+SETTINGS = ("model", "init", "freeze", "lr", "fold", "sweep", "data", "weights", "scenarios")
+OWN_SCENARIOS = "head@1e-2,top10@1e-3,all@1e-4"
+
+
+def _keep_scenarios_together(arg):
+  """'own,scenarios=top10@1e-3,all@1e-4' -> (arg without the scenarios, 'top10@1e-3,all@1e-4'):
+  the items after `scenarios=` that are neither a variant nor a `setting=` belong to it."""
+  kept, scenarios, inside = [], None, False
+  for item in (arg or "").split(","):
+    key = item.split("=", 1)[0].strip() if "=" in item else None
+    if item.strip().startswith("scenarios="):
+      scenarios, inside = item.split("=", 1)[1], True
+    elif inside and item.strip() not in DATASETS and key not in SETTINGS:
+      scenarios += "," + item
+    else:
+      kept.append(item)
+      inside = False
+  return ",".join(kept), scenarios
 
 
 def get_config(arg=None):
   """Returns the fine-tuning ConfigDict for the variants and settings in ``arg``."""
+  arg, scenarios = _keep_scenarios_together(arg)
   variants, settings = config_arg.parse(arg, variants=tuple(DATASETS), settings=SETTINGS,
                                         where="configs/finetune.py")
+  if scenarios is not None:
+    settings["scenarios"] = scenarios
   if len(variants) > 1:
     raise ValueError(f"configs/finetune.py: pick one data set variant, got {sorted(variants)}.")
   variant = next(iter(variants), "busi")
@@ -88,6 +119,7 @@ def get_config(arg=None):
   c.sweep_folds = "all" if cross_validated else "none"
   c.shard = "0/1"                       # i/n: this host's slice of the sweep
   c.parallel_runs = 1
+  c.sweep_scenarios = settings.get("scenarios", "")  # FREEZE@LR,... or a file; "": the preset's
 
   if variant in ("demo", "tiny"):
     c.build_dataset, c.init, c.sweep_inits = True, settings.get("init", "demo"), "demo,random"
@@ -100,4 +132,14 @@ def get_config(arg=None):
     c.sweep, c.sweep_folds = settings.get("sweep", "tiny"), "0"
     c.image_size, c.batch_size, c.num_epochs, c.num_train_steps = 32, 8, 0.0, 4
     c.eval_every, c.eval_steps, c.log_every, c.progress_bar = 2, 2, 2, False
+  if variant == "own":
+    c.dataset, c.batch_size, c.sweep_models = settings.get("data", "image_folder"), 32, c.model
+    if "sweep" not in settings:
+      c.sweep, c.sweep_scenarios = "custom", settings.get("scenarios", OWN_SCENARIOS)
+    if "weights" in settings:
+      c.inits.pretrained = {m: settings["weights"] for m in (c.model,)}
+      c.init, c.sweep_inits = settings.get("init", "pretrained"), "pretrained,random"
+  elif "data" in settings or "weights" in settings:
+    raise ValueError(f"configs/finetune.py: data= and weights= are settings of the own variant; "
+                     f"got them with {variant!r} (use own, or --config.dataset / --config.inits)")
   return c

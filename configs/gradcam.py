@@ -13,6 +13,9 @@ The ``:arg`` is a comma-separated list of variants and ``key=value`` settings:
   busi          busi/benign_vs_malignant test split (build it first with `radimagenet-jax build`)
   ddti          ddti test split (idem)
   tiny          16 images at 64x64, for tests and smoke runs
+  own           your image_folder data set (built with masks, docs/datasets.md "Your own data"),
+                split fold0: the held-out fold of a sweep's fold-0 runs (set --config.split=foldK
+                for fold K's runs, whose training set is every other fold)
   model_a=NAME, model_b=NAME   architectures (model_b=none: one model, no comparison)
 Weights: ``--config.model_a.weights=`` an Orbax checkpoint dir (training workdir or `convert` output)
 or a Keras .h5 file; empty = random init (seed ``model_a.seed``).
@@ -25,9 +28,9 @@ import ml_collections
 
 from radimagenet_jax import config_arg
 
-VARIANTS = ("demo", "busi", "ddti", "tiny")
+VARIANTS = ("demo", "busi", "ddti", "tiny", "own")
 DATASETS = {"demo": "radimagenet_demo/lesion", "busi": "busi/benign_vs_malignant",
-            "ddti": "ddti"}
+            "ddti": "ddti", "own": "image_folder"}
 
 
 def _model(name, label, seed):
@@ -48,11 +51,12 @@ def get_config(arg=None):
   c = ml_collections.ConfigDict()
 
   # Data: a split whose records have 'image', 'label' and a lesion mask.
-  dataset = next((DATASETS[v] for v in ("busi", "ddti", "demo") if v in variants), DATASETS["demo"])
+  dataset = next((DATASETS[v] for v in ("busi", "ddti", "own", "demo") if v in variants),
+                 DATASETS["demo"])
   c.dataset = dataset
   c.data_dir = ""                      # TFDS data dir ("": $TFDS_DATA_DIR or ~/tensorflow_datasets)
   c.build_dataset = dataset.startswith("radimagenet_demo")  # build the demo data if missing
-  c.split = "test"
+  c.split = "fold0" if "own" in variants else "test"
   c.mask_key = "mask"
   c.id_key = ""                        # "": the first of source_id, file_name, patient_id
   c.max_images = 0                     # 0: the whole split

@@ -25,3 +25,9 @@ __getattr__ = _lazy.attach(
     {"gradcam": "radimagenet_jax.explain.gradcam", "plots": "radimagenet_jax.explain.plots",
      "segmentation_metrics": "radimagenet_jax.explain.regions",
      "stats": "radimagenet_jax.evaluate.paired"})
+
+
+def load(path, model_name=None):
+  """``(model, variables, info)`` of a checkpoint folder or Keras file (`radimagenet_jax.loading`)."""
+  from radimagenet_jax import loading  # pylint: disable=g-import-not-at-top
+  return loading.load(path, model_name)

@@ -7,6 +7,7 @@ in the ml_collections / big_vision style.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import traceback
@@ -283,6 +284,22 @@ def _exit_if_failed_alone(code: int) -> None:
     sys.modules["radimagenet_jax.distributed"].exit_if_failed_alone(code)
 
 
+class _NoOpenCVNotice(logging.Filter):
+  """Drops TFDS's "OpenCV is not installed ... Defaulting to PIL" warning: PIL is the decoder we
+  use on purpose (no OpenCV in the install), so the line only alarms users."""
+
+  def filter(self, record):
+    return not str(record.msg).startswith("OpenCV is not installed")
+
+
+def quiet_tfds_notices() -> None:
+  """Installs the filter on absl's logger (TFDS logs through absl); the commands call it, import
+  does not (the package changes no logging configuration at import)."""
+  logger = logging.getLogger("absl")
+  if not any(isinstance(f, _NoOpenCVNotice) for f in logger.filters):
+    logger.addFilter(_NoOpenCVNotice())
+
+
 def main(argv=None):
   argv = sys.argv[1:] if argv is None else list(argv)
   if not argv or argv[0] in ("-h", "--help"):
@@ -297,6 +314,7 @@ def main(argv=None):
     return 2
   if argv[0] in _STEP_COMMANDS:
     _host_malloc.apply_unless_off()   # before JAX starts: step buffers stay mapped (_host_malloc.py)
+  quiet_tfds_notices()
   from radimagenet_jax.train import preemption
   try:
     _COMMANDS[argv[0]][0](argv[1:])

@@ -15,7 +15,7 @@ ALLOWED = {("radimagenet_jax.models.registry", "radimagenet_jax.keras_io")}
 LAYERS = [("checkpoints", "distributed", "config_arg", "_lazy", "_files",
            "_xla_cpu_flags", "_host_malloc", "_collections"), ("models",), ("keras_io",),
           ("data",), ("train",), ("pretrain", "finetune", "evaluate", "explain", "export",
-                                  "config_files"), ("cli",)]
+                                  "config_files", "loading"), ("cli",)]
 
 
 def _modules():

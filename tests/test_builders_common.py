@@ -106,7 +106,7 @@ def test_wrong_manual_dir_fails_with_the_download_instructions(name, tmp_path):
   assert not os.path.exists(tmp_path / "d" / name)  # nothing half-built left behind
 
 
-MASK_DATASETS = ("busi", "ddti", "rsna_pneumonia", "radimagenet_demo/lesion")
+MASK_DATASETS = ("busi", "ddti", "rsna_pneumonia", "radimagenet_demo/lesion", "image_folder")
 
 
 def test_the_mask_datasets_are_all_the_builders_with_a_mask(tmp_path):

@@ -119,3 +119,7 @@ def test_evaluate_on_a_fine_tuning_run_uses_the_runs_own_sets(tmp_path, demo_dat
   metrics = json.load(open(work / "metrics.json"))   # computed with best/ on the test fold
   assert test["eval"]["count"] == metrics["n"]
   assert test["eval"]["top1"] == pytest.approx(metrics["accuracy"], abs=1e-6)
+  # A binary task: the AUC with its DeLong CI (the run's own test AUC), no top-5 (always 1).
+  assert test["auc"]["auc"] == pytest.approx(metrics["auc"], abs=1e-6)
+  out = capsys.readouterr().out
+  assert f"AUC {test['auc']['auc']:.3f} (" in out and "top-5" not in out

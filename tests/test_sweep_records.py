@@ -125,9 +125,10 @@ def test_the_sweep_command_saves_every_results_setting_but_the_operational_ones(
   kept = saved[sweep.RUN_CONFIG_KEY]
   assert {"image_size", "num_train_steps", "num_epochs", "batch_size", "seed", "eval_every",
           "inits", "augment", "dataset"} <= set(kept)
-  assert not set(kept) & set(sweep_command.OPERATIONAL_FIELDS + sweep_command.PER_RUN_FIELDS)
-  assert set(kept) | set(sweep_command.OPERATIONAL_FIELDS + sweep_command.PER_RUN_FIELDS) == set(
-      config.to_dict())
+  left_out = set(sweep_command.OPERATIONAL_FIELDS + sweep_command.PER_RUN_FIELDS
+                 + sweep_command.SWEEP_FIELDS)
+  assert not set(kept) & left_out
+  assert set(kept) | left_out == set(config.to_dict()) | set(sweep_command.SWEEP_FIELDS)
 
 
 def test_a_full_disk_stops_the_sweep_in_one_line_and_resume_works(tmp_path, monkeypatch):

@@ -108,12 +108,17 @@ def _fresh(name) -> str:
 
 
 def image_folder():
-  """Folders <label>/<patient>/<file>: 10 patients, PNG, JPEG, DICOM and one NIfTI volume."""
+  """Folders <label>/<patient>/<file>: 10 patients, PNG, JPEG, DICOM and one NIfTI volume; one
+  PNG has a mask beside it."""
   d = _fresh("image_folder")
   for p in range(10):
     label = "normal" if p % 2 == 0 else "lesion"
     pdir = os.path.join(d, label, f"patient{p:02d}")
     save_png(os.path.join(pdir, "slice_000.png"), noise(("if", p, 0)))
+    if p == 1:  # a lesion mask beside its image (the folder convention), 0/255
+      mask = np.zeros((H, W), np.uint8)
+      mask[3:7, 4:9] = 255
+      save_png(os.path.join(pdir, "slice_000_mask.png"), mask)
     if p < 6:
       save_jpeg(os.path.join(pdir, "slice_001.jpg"), noise(("if", p, 1), (H, W, 3)))
     else:

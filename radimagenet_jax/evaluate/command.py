@@ -1,5 +1,6 @@
 """The `evaluate` command: a workdir's checkpoint (latest or a step) on a split, with the config the
-run was trained with (the workdir's own config.json)."""
+run was trained with (the workdir's own config.json). A binary task also gets the AUC with its
+DeLong 95% CI (positive class: label index 1; the unit is the image, as the split holds them)."""
 from __future__ import annotations
 
 import json
@@ -11,9 +12,20 @@ import ml_collections
 from radimagenet_jax import checkpoints as ckpt_lib
 from radimagenet_jax import distributed
 from radimagenet_jax.data import tfds_source
+from radimagenet_jax.evaluate import roc
 from radimagenet_jax.train import config as config_lib
 from radimagenet_jax.train import loop, steps, summary as summary_lib
-from radimagenet_jax.train.inference import run_eval
+from radimagenet_jax.train.inference import predict, run_eval
+
+
+def binary_auc(labels, probabilities, class_names) -> dict | None:
+  """AUC of P(class 1) with DeLong's 95% CI for a 2-class task (None otherwise, or when the split
+  holds one class only)."""
+  if probabilities.shape[-1] != 2 or len(set(labels.tolist())) < 2:
+    return None
+  out = roc.delong_ci(labels, probabilities[:, 1], level=0.95)
+  positive = class_names[1] if len(class_names) == 2 else "1"
+  return dict(out, method="DeLong", positive_class=positive, unit="image", n=int(len(labels)))
 
 
 def workdir_config(workdir: str, config=None) -> ml_collections.ConfigDict:
@@ -66,6 +78,11 @@ def evaluate_workdir(workdir: str, *, step: int | None = None, split: str | None
   ev = run_eval(config, eval_fn, variables, source, mesh, num_classes)
   result = summary_lib.build(config, step, ev, class_names, 0.0)
   result.pop("images_per_second")
+  if num_classes == 2 and not config.get("eval_steps"):  # the whole split: the AUC's scores
+    labels, probabilities = predict(config, model, variables, source, mesh)
+    auc = binary_auc(labels, probabilities, class_names)
+    if auc is not None:
+      result["auc"] = auc
   if distributed.is_main_process():
     path = os.path.join(workdir, f"eval_{config.eval_split}_step{step}.json")
     loop.write_json(path, result)

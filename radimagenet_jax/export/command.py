@@ -75,6 +75,17 @@ def _load(spec, args):
                           f".h5 file or an Orbax checkpoint folder.")
 
 
+def portable_name(source: str) -> str:
+  """What the weights were, without the writing machine's absolute path: relative to the working
+  directory when inside it, else the last two path parts (`run_x/best`, `weights/file.h5`)."""
+  if not os.path.isabs(source):
+    return source  # 'random init'
+  rel = os.path.relpath(source)
+  if not rel.startswith(os.pardir):
+    return rel.replace(os.sep, "/")
+  return "/".join(os.path.normpath(source).split(os.sep)[-2:])
+
+
 def run(args: argparse.Namespace) -> list[str]:
   """Exports as ``args`` say; prints one line per file and returns the paths written."""
   spec = rij.models.get_spec(args.model)
@@ -85,7 +96,7 @@ def run(args: argparse.Namespace) -> list[str]:
     raise ValueError(f"--head: {source} holds no trained classifier ('predictions'); export it "
                      f"with --notop, or give a fine-tuned checkpoint.")
   metadata = {"preprocess": args.preprocess or meta.get("preprocess") or "radimagenet",
-              "source": source}
+              "source": portable_name(source)}
   if head and meta.get("class_names"):
     metadata["class_names"] = list(meta["class_names"])
   image_size = args.image_size

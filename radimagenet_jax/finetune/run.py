@@ -26,7 +26,8 @@ from radimagenet_jax.train import config as config_lib
 from radimagenet_jax.train import inference, loop, preemption
 
 FINETUNE_KEYS = ("init", "inits", "freeze", "fold", "num_folds", "val_fraction",
-                 "sweep", "sweep_models", "sweep_inits", "sweep_folds", "shard", "parallel_runs")
+                 "sweep", "sweep_models", "sweep_inits", "sweep_folds", "shard", "parallel_runs",
+                 "sweep_scenarios")
 
 
 def validate_config(config) -> None:

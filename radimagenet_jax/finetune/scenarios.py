@@ -8,11 +8,14 @@ every initialisation compared (RadImageNet, ImageNet, ...) and every cross-valid
     runs = scenarios.shard(runs, "0/4")              # this host's quarter (0-based i/n)
 
 `finetune.sweep` runs them, each in runs/<name>/ (e.g. resnet50-top10-lr0.01-radimagenet-fold0).
+A user's own list replaces a preset's scenarios: ``parse_scenarios("top10@1e-3,all@1e-4")``, or the
+path of a text file with one ``FREEZE@LR`` a line (``#`` comments).
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import re
 from typing import Iterable, NamedTuple, Sequence
 
@@ -115,6 +118,36 @@ def preset_runs(name: str, inits: Iterable[str], folds: Iterable[int | None] | N
   p = PRESETS[name]
   folds = folds if folds is not None else (p["folds"] or (None,))
   return expand(models if models is not None else p["models"], p["scenarios"], inits, folds)
+
+
+def parse_scenarios(text: str) -> list[Scenario]:
+  """'top10@1e-3,all@1e-4' (or a file of such items, one a line or comma-separated) -> scenarios.
+
+  FREEZE is a freeze mode (all | head | top<N> | rules:...), LR a learning rate > 0."""
+  text = str(text).strip()
+  where = "scenarios"
+  if text and "@" not in text and os.path.isfile(os.path.expanduser(text)):
+    where = os.path.expanduser(text)
+    with open(where) as f:
+      text = ",".join(line.split("#")[0].strip() for line in f)
+  items = [t.strip() for t in text.split(",") if t.strip()]
+  if not items:
+    raise ValueError(f"{where} {text!r}: no scenario; expected FREEZE@LR items, e.g. "
+                     "'top10@1e-3,all@1e-4', or a file with one a line")
+  out = []
+  for item in items:
+    freeze, at, lr = item.rpartition("@")
+    try:
+      if not at:
+        raise ValueError("no '@'")
+      out.append(_scenario((freeze.strip(), float(lr))))
+    except ValueError as e:
+      raise ValueError(f"{where}: scenario {item!r}: expected FREEZE@LR, e.g. top10@1e-3 "
+                       f"(FREEZE: all | head | top<N> | rules:...; LR > 0); {e}") from None
+  twice = sorted({s for s in out if out.count(s) > 1})
+  if twice:
+    raise ValueError(f"{where}: scenario(s) {twice} listed twice; expected each once")
+  return out
 
 
 def parse_shard(spec: str) -> tuple[int, int]:

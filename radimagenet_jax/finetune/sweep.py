@@ -9,8 +9,10 @@ The runs (presets, names, shards) come from `finetune.scenarios`:
 The sweep directory:
   sweep.json           the sweep's identity (dataset, models, scenarios, inits, folds), the run
                        config's settings that change results (`run_config`) and other settings;
-                       a workdir holding ANOTHER sweep, or this sweep with other `run_config`
-                       values, is refused before anything is written
+                       a workdir holding ANOTHER sweep (another dataset), or this sweep with other
+                       `run_config` values, is refused before anything is written; more models,
+                       scenarios, inits or folds EXTEND it (sweep.json then lists the union;
+                       finished runs are kept)
   runs/<name>/         one run (name e.g. resnet50-top10-lr0.01-radimagenet-fold0): spec.json
                        (written here), run.json, metrics.json, predictions.csv, splits.json and
                        config.json (written by run_one), failed.json (here, when run_one raised:
@@ -71,6 +73,19 @@ def _jsonable(identity: dict) -> dict:
   return json.loads(json.dumps(identity, default=str))
 
 
+def _extended(old: dict, identity: dict, sweep_settings: dict) -> dict:
+  """sweep.json for a sweep grown by ``identity``: each identity list the union of the old and the
+  new (the dataset is the same), the init order the old one then the new inits."""
+  union = {k: list(old.get(k) or []) + list(identity[k]) for k in IDENTITY_KEYS if k != "dataset"}
+  grown = _jsonable(sweep_identity({"dataset": old["dataset"], **union}))
+  settings = dict(old.get("settings") or {})
+  if "init_order" in settings:
+    new_order = sweep_settings.get("init_order") or identity["inits"]
+    settings["init_order"] = settings["init_order"] + [
+        i for i in new_order if i not in settings["init_order"]]
+  return {**old, **grown, "settings": settings}
+
+
 def _check_runs(runs: Sequence[RunSpec], identity: dict) -> None:
   scenarios = {Scenario(*s) for s in identity["scenarios"]}
   for r in runs:
@@ -83,21 +98,22 @@ def _check_runs(runs: Sequence[RunSpec], identity: dict) -> None:
                          f"{sorted(allowed, key=str)}")
 
 
-def _check_same_sweep(sweep_file: str, workdir: str, identity: dict, run_config) -> None:
-  """Refuses (before anything is written) a workdir whose sweep.json is another sweep, or this
-  sweep with other settings that change results: finished runs would be mixed with new ones."""
+def _check_same_sweep(sweep_file: str, workdir: str, identity: dict, run_config) -> dict:
+  """The saved sweep.json; refuses (before anything is written) a workdir whose sweep.json is
+  another sweep (another dataset), or this sweep with other settings that change results: finished
+  runs would be mixed with new ones. Other models, scenarios, inits or folds extend the sweep."""
   old = records.read_json(sweep_file, "the sweep.json that the sweep command wrote",
                           "delete it and re-run the same sweep command to write it again (the "
                           "runs are kept), or use an empty --workdir")
   new = _jsonable(identity)
   differ = [k for k in IDENTITY_KEYS if old.get(k) != new[k]]
-  if differ:
+  if "dataset" in differ:
     raise ValueError(f"{workdir} holds another sweep: sweep.json differs in {differ} "
                      f"({', '.join(f'{k}={old.get(k)!r}, now {new[k]!r}' for k in differ)}); "
                      "expected the same sweep or an empty --workdir")
   saved = old.get(RUN_CONFIG_KEY)
   if run_config is None or not isinstance(saved, dict):
-    return  # a sweep.json of an older version records none: nothing to compare
+    return old  # a sweep.json of an older version records none: nothing to compare
   now = _jsonable(run_config)
   changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
   if changed:
@@ -108,6 +124,7 @@ def _check_same_sweep(sweep_file: str, workdir: str, identity: dict, run_config)
                      f"runs would be mixed with runs of the new settings. Nothing was written. "
                      f"Resume with the saved settings{(' (' + fix + ')') if fix else ''}, or use "
                      f"another --workdir for the new settings.")
+  return old
 
 
 def _one_line(e: BaseException) -> str:
@@ -152,7 +169,15 @@ def run_sweep(sweep_settings: dict, workdir: str, runs: Sequence[RunSpec],
     config_lib.check_workdir_writable(workdir)
   sweep_file = os.path.join(workdir, "sweep.json")
   if os.path.exists(sweep_file):
-    _check_same_sweep(sweep_file, workdir, identity, run_config)
+    old = _check_same_sweep(sweep_file, workdir, identity, run_config)
+    differ = [k for k in IDENTITY_KEYS if old.get(k) != _jsonable(identity)[k]]
+    if differ:  # more models/scenarios/inits/folds extend it (finished runs kept)
+      extended = _extended(old, identity, sweep_settings)
+      if extended != old and write:
+        added = {k: [v for v in extended[k] if v not in old.get(k, [])] for k in differ}
+        log(f"extending the sweep in {workdir}: " + ", ".join(
+            f"+{k} {v}" for k, v in added.items() if v))
+        write_json_atomic(sweep_file, extended)
   elif write:
     os.makedirs(workdir, exist_ok=True)
     extra = {k: v for k, v in sweep_settings.items() if k not in IDENTITY_KEYS + (RUN_CONFIG_KEY,)}

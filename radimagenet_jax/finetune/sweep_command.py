@@ -3,7 +3,8 @@
     radimagenet-jax sweep --config=configs/finetune.py:busi,sweep=paper --workdir=runs/busi_sweep \
         [--config.shard=0/4]
 
-The config names the preset (`sweep`: paper | demo), the models (`sweep_models`), the inits
+The config names the preset (`sweep`: paper | demo) or its own scenarios (`sweep_scenarios`:
+FREEZE@LR,... or a file; they replace the preset's), the models (`sweep_models`), the inits
 compared in order, candidate first (`sweep_inits`, e.g. `radimagenet,imagenet`, each a label of
 `config.inits` or `random`) and the folds (`sweep_folds`: all | none | 0,1,...). Every run gets the
 sweep's config with its model, init, freeze mode, learning rate and fold set, in
@@ -43,12 +44,14 @@ OPERATIONAL_FIELDS = ("progress_bar", "log_every", "checkpoint_every", "keep_che
                       "worker_count", "data_dir", "build_dataset", "eval_batch_size",
                       "compilation_cache_dir", "shard", "parallel_runs")
 PER_RUN_FIELDS = ("model", "init", "freeze", "learning_rate", "fold")
+# What the sweep is made of (sweep.json's identity): more of it extends the sweep (`sweep.run_sweep`).
+SWEEP_FIELDS = ("sweep", "sweep_models", "sweep_inits", "sweep_folds", "sweep_scenarios")
 
 
 def results_config(config) -> dict:
   """The config's fields that change a run's results and are the same for all its runs."""
   return {k: v for k, v in config.to_dict().items()
-          if k not in OPERATIONAL_FIELDS + PER_RUN_FIELDS}
+          if k not in OPERATIONAL_FIELDS + PER_RUN_FIELDS + SWEEP_FIELDS}
 
 
 def plan(config) -> tuple[dict, list[scenarios.RunSpec]]:
@@ -58,8 +61,13 @@ def plan(config) -> tuple[dict, list[scenarios.RunSpec]]:
   inits = _list(config.sweep_inits)
   if not inits:
     raise ValueError("config.sweep_inits is empty; expected e.g. 'radimagenet,imagenet'.")
-  runs = scenarios.preset_runs(config.sweep, inits, folds=folds_of(config),
-                               models=_list(config.sweep_models))
+  if config.get("sweep_scenarios"):  # the user's own list (FREEZE@LR,... or a file)
+    runs = scenarios.expand(_list(config.sweep_models),
+                            scenarios.parse_scenarios(config.sweep_scenarios), inits,
+                            folds_of(config))
+  else:
+    runs = scenarios.preset_runs(config.sweep, inits, folds=folds_of(config),
+                                 models=_list(config.sweep_models))
   settings = {"dataset": config.dataset, "models": sorted({r.model for r in runs}),
               "scenarios": sorted({tuple(r.scenario) for r in runs}), "inits": inits,
               "folds": sorted({r.fold for r in runs}, key=lambda f: -1 if f is None else f),

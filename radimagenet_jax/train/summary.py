@@ -42,12 +42,24 @@ def build(config, step: int, ev: dict, class_names: Sequence[str],
 def print_summary(summary: Mapping, console_print=print):
   """Human-readable end-of-run summary (a rich table when rich is available)."""
   ev = summary.get("eval") or {}
+  n_classes = len(summary.get("class_names") or ()) or None
+  # Top-5 of a task with 5 classes or fewer is 1 by construction: not printed.
+  top5 = f", top-5 {ev.get('top5', 0):.3f}" if n_classes is None or n_classes > 5 else ""
   console_print(f"\n{summary['model']} on {summary['dataset']} after {summary['step']} steps: "
                 f"{summary['split']} loss {ev.get('loss', float('nan')):.4f}, "
                 f"top-1 {ev.get('top1', 0):.3f} (majority-class baseline "
-                f"{summary.get('chance_top1', 0):.3f}), top-5 {ev.get('top5', 0):.3f}"
+                f"{summary.get('chance_top1', 0):.3f}){top5}"
                 + (f"; {summary['images_per_second']:.1f} images/s (train)."
                    if summary.get("images_per_second") else "."))
+  auc = summary.get("auc")
+  if auc:
+    ci = ("no CI (fewer than 2 cases or controls)" if auc.get("ci_low") is None else
+          f"95% CI {auc['ci_low']:.3f}-{auc['ci_high']:.3f}, {auc.get('method', 'DeLong')}")
+    chance = (" - the CI includes 0.5: not distinguishable from chance"
+              if auc.get("ci_low") is not None and auc["ci_low"] <= 0.5 <= auc["ci_high"] else "")
+    console_print(f"AUC {auc['auc']:.3f} ({ci}; positive class {auc.get('positive_class')!r}, "
+                  f"{auc.get('n_cases')} cases / {auc.get('n_controls')} controls, unit: "
+                  f"{auc.get('unit', 'image')}){chance}")
   rows = summary.get("per_class") or []
   if not rows:
     return

@@ -159,9 +159,10 @@ def _report(builder, seconds: float) -> list[str]:
   splits = ", ".join(f"{name} {info.num_examples}" for name, info in builder.info.splits.items())
   skipped = tfds_base.read_skipped_files(data_path)
   listed = os.path.join(data_path, tfds_base.SKIPPED_FILES_NAME)
+  summary = getattr(builder, "build_summary", lambda: [])()  # the builder's own lines, if any
   return [f"built {_label(builder)} {builder.version} in {seconds:.1f} s: {data_path}",
           f"  examples per split: {splits}",
-          f"  skipped source files: {len(skipped)} (listed in {listed})"]
+          f"  skipped source files: {len(skipped)} (listed in {listed})"] + list(summary)
 
 
 def build(dataset: str, data_dir=None, manual_dir=None, on_error: str = "fail",
