@@ -8,6 +8,8 @@ Usage:
 
 The ``:arg`` is a comma-separated list of one data set variant and ``key=value`` settings:
   busi, ddti, mrnet_acl, mrnet_meniscus, rsna_pneumonia, rsna_ich, cc_ccii   the paper's sets
+  official_thyroid, official_breast, official_acl, official_meniscus   the official repository's
+               images and five folds (`radimagenet-jax build official/acl --manual_dir=RadImageNet/`)
   demo         radimagenet_demo/lesion at 64x64: minutes on a 2-core CPU (init: the README's
                pretraining demo checkpoint runs/demo, or random)
   tiny         the demo data at 32x32, a few steps: smoke tests
@@ -17,15 +19,23 @@ The ``:arg`` is a comma-separated list of one data set variant and ``key=value``
   lr=FLOAT     learning rate (Adam with Keras's defaults)
   fold=K       test on fold K of the fold0..fold4 splits (0..4), `all` (one run per fold in
                WORKDIR/fold<K>), `none` (the builder's train/validation/test)
-  sweep=NAME   paper (24 scenarios x inits x folds) | demo | tiny, for `radimagenet-jax sweep`
+  sweep=NAME   paper (24 scenarios x inits x folds) | corrected (the same, corrected protocol) |
+               demo | tiny, for `radimagenet-jax sweep`
+  protocol=P   paper (the official scripts: their folds, Keras epochs with a partial last batch,
+               clipped BCE on the softmax, RadImageNet preprocessing for every init) | corrected
+               (fixes each); default: paper for the paper's sets, corrected with sweep=corrected
+               and for demo/tiny. Each departure is a field (official_folds, partial_batch, loss,
+               preprocess, carry_over_folds): radimagenet_jax/finetune/protocols.py
 Defaults follow the official scripts: Adam (lr 1e-3, epsilon 1e-7), 30 epochs, 256x256 inputs, batch
 256, the data set's augmentation, validation every epoch, the checkpoint of the lowest validation loss
 kept as `best` and used for the test metrics; `preprocess=auto` picks `radimagenet` for RadImageNet
-weights and Keras's own mode for ImageNet weights.
+weights and Keras's own mode for ImageNet weights (protocol=corrected; protocol=paper feeds every
+init the RadImageNet preprocessing, as the official scripts do).
 """
 import ml_collections
 
 from radimagenet_jax import config_arg
+from radimagenet_jax.finetune import protocols
 from radimagenet_jax.train import config
 
 # variant -> (TFDS dataset, augmentation preset, cross-validated); docs/fidelity.md "Augmentation".
@@ -39,8 +49,13 @@ DATASETS = {
     "cc_ccii": ("cc_ccii/ncp_vs_cp", "paper_noflip", False),
     "demo": ("radimagenet_demo/lesion", "paper", True),
     "tiny": ("radimagenet_demo/lesion", "none", True),
+    # The official repository's images and folds (tfds_builders/official).
+    "official_thyroid": ("official/thyroid", "paper", True),
+    "official_breast": ("official/breast", "paper", True),
+    "official_acl": ("official/acl", "paper", True),
+    "official_meniscus": ("official/meniscus", "paper", True),
 }
-SETTINGS = ("model", "init", "freeze", "lr", "fold", "sweep")
+SETTINGS = ("model", "init", "freeze", "lr", "fold", "sweep", "protocol")
 
 
 def get_config(arg=None):
@@ -88,6 +103,9 @@ def get_config(arg=None):
   c.sweep_folds = "all" if cross_validated else "none"
   c.shard = "0/1"                       # i/n: this host's slice of the sweep
   c.parallel_runs = 1
+  # The protocol (finetune/protocols.py): its fields, official values one option away.
+  c.protocol, c.official_folds, c.partial_batch, c.loss, c.carry_over_folds = (
+      "corrected", False, False, "softmax_ce", False)
 
   if variant in ("demo", "tiny"):
     c.build_dataset, c.init, c.sweep_inits = True, settings.get("init", "demo"), "demo,random"
@@ -100,4 +118,6 @@ def get_config(arg=None):
     c.sweep, c.sweep_folds = settings.get("sweep", "tiny"), "0"
     c.image_size, c.batch_size, c.num_epochs, c.num_train_steps = 32, 8, 0.0, 4
     c.eval_every, c.eval_steps, c.log_every, c.progress_bar = 2, 2, 2, False
+  default = "corrected" if variant in ("demo", "tiny") or c.sweep == "corrected" else "paper"
+  protocols.apply(c, settings.get("protocol", default))
   return c

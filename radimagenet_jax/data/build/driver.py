@@ -161,7 +161,8 @@ def _report(builder, seconds: float) -> list[str]:
   listed = os.path.join(data_path, tfds_base.SKIPPED_FILES_NAME)
   return [f"built {_label(builder)} {builder.version} in {seconds:.1f} s: {data_path}",
           f"  examples per split: {splits}",
-          f"  skipped source files: {len(skipped)} (listed in {listed})"]
+          f"  skipped source files: {len(skipped)} (listed in {listed})"] + [
+              f"  {line}" for line in getattr(builder, "summary_lines", list)()]
 
 
 def build(dataset: str, data_dir=None, manual_dir=None, on_error: str = "fail",
