@@ -24,6 +24,9 @@ images. It is off in both protocols and must be asked for.
 """
 from __future__ import annotations
 
+import json
+import os
+
 PROTOCOLS = {
     "paper": {"official_folds": True, "partial_batch": True, "loss": "keras_bce",
               "preprocess": "radimagenet", "carry_over_folds": False, "optimizer": "keras_adam"},
@@ -74,3 +77,16 @@ def describe(names) -> str:
                                       else ".")
   return ("Protocol: MIXED, the runs compared were made under different protocols (" +
           "; ".join(names) + "); their numbers are not comparable.")
+
+
+def report_line(run_dirs) -> str:
+  """`describe` of the runs in ``run_dirs``, from each one's config.json (absent: 'unrecorded')."""
+  names = []
+  for d in run_dirs:
+    path = os.path.join(d, "config.json")
+    try:
+      with open(path) as f:
+        names.append(name_of(json.load(f)))
+    except (OSError, ValueError):
+      names.append("unrecorded")
+  return describe(names) if names else "Protocol: no finished runs."
