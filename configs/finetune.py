@@ -8,8 +8,9 @@ Usage:
 
 The ``:arg`` is a comma-separated list of one data set variant and ``key=value`` settings:
   busi, ddti, mrnet_acl, mrnet_meniscus, rsna_pneumonia, rsna_ich, cc_ccii   the paper's sets
-  official_thyroid, official_breast, official_acl, official_meniscus   the official repository's
-               images and five folds (`radimagenet-jax build official/acl --manual_dir=RadImageNet/`)
+  official_thyroid, official_breast, official_acl, official_meniscus   the official
+               repository's images and five folds (`radimagenet-jax build official/acl
+               --manual_dir=RadImageNet/`)
   demo         radimagenet_demo/lesion at 64x64: minutes on a 2-core CPU (init: the README's
                pretraining demo checkpoint runs/demo, or random)
   tiny         the demo data at 32x32, a few steps: smoke tests

@@ -212,7 +212,7 @@ def lines(report: dict) -> list[str]:
     out.append(f"{r['protocol']}: {r['candidate']} AUC {_num(r['mean_auc_candidate'])} vs "
                f"{r['baseline']} {_num(r['mean_auc_baseline'])} over {len(r['scenarios'])} "
                f"scenario(s): {r['verdict']}; share of the first sweep's gain "
-               f"{_pct(r['share_of_reference_gain']) if r['share_of_reference_gain'] is not None else 'n/a'}"
+               f"{_pct(r['share_of_reference_gain'])}"
                + (f", of the published {_pct(r['share_of_published_gain'])}"
                   if r["share_of_published_gain"] is not None else "") + f" ({r['sweep']})")
   out.append(f"method: {report['method']}")

@@ -1,4 +1,4 @@
-"""The training losses, per example: exact softmax cross-entropy, or the official scripts' Keras loss.
+"""The training losses per example: exact softmax cross-entropy, or the official scripts' Keras one.
 
 docs/fidelity.md "Downstream fine-tuning": the official scripts train a 2-way softmax head with
 `keras.losses.BinaryCrossentropy()` on the softmax OUTPUT with one-hot targets. Keras clips the

@@ -41,7 +41,8 @@ def test_each_official_fold_equals_its_csvs_row_for_row(acl):
     sets = folds.fold_splits("official/acl", data_dir, fold=k, num_folds=5, official=True)
     for name, split in SETS.items():
       assert [e.id for e in sets[name]] == [p for p, _ in written[split, k + 1]], (k, name)
-      assert [e.label for e in sets[name]] == [int(lab == "yes") for _, lab in written[split, k + 1]]
+      assert [e.label for e in sets[name]] == [int(lab == "yes")
+                                               for _, lab in written[split, k + 1]]
 
 
 def test_images_stored_once_in_their_test_fold_with_pixels_and_patients(acl):
