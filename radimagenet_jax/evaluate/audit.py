@@ -37,6 +37,7 @@ APPLICATION = {"official/thyroid": "thyroid", "ddti": "thyroid", "official/breas
                "busi": "breast", "official/acl": "acl", "mrnet/acl_sagittal": "acl",
                "official/meniscus": "meniscus", "mrnet/meniscus_sagittal": "meniscus",
                "rsna_pneumonia": "pneumonia", "cc_ccii": "sars_cov_2", "rsna_ich": "hemorrhage"}
+COLLAPSED_SPREAD = 1e-6  # scores spread below this: one score for every image (a collapsed model)
 METHOD = ("unit: image (out-of-fold test predictions pooled over the folds, each image once); "
           "AUC per scenario and init; gain = (AUC_candidate - AUC_baseline) / AUC_baseline; paired "
           "two-sided DeLong test per scenario (pROC's), not corrected for multiple comparisons and "
@@ -125,7 +126,9 @@ def audit_sweep(sweep: str, candidate: str | None = None, baseline: str | None =
     ids = sorted(set(a) & set(b))
     entry = {"model": key[0], "freeze": key[1], "lr": key[2], "n_images": len(ids),
              "folds": sorted({r["fold"] for r in of(candidate)}, key=str),
-             "auc_candidate": None, "auc_baseline": None, "gain": None, "p_value": None}
+             "auc_candidate": None, "auc_baseline": None, "gain": None, "p_value": None,
+             "collapsed": [init for init, p in ((candidate, a), (baseline, b)) if ids and np.ptp(
+                 [p[i][1] for i in ids]) < COLLAPSED_SPREAD]}
     if ids:
       y = np.asarray([a[i][0] for i in ids])
       if len(set(y)) == 2:
@@ -146,6 +149,8 @@ def audit_sweep(sweep: str, candidate: str | None = None, baseline: str | None =
           "gain_of_means": (mean_a - mean_b) / mean_b if mean_a is not None and mean_b else None,
           "scenario_gain": _describe(s["gain"] for s in scenarios),
           "n_tested": len(tested),
+          "collapsed": [f"{s['model']}-{s['freeze']}-lr{s['lr']:g} {init}" for s in scenarios
+                        for init in s["collapsed"]],
           "candidate_better_p05": sum(s["p_value"] < 0.05 and s["gain"] > 0 for s in tested),
           "baseline_better_p05": sum(s["p_value"] < 0.05 and s["gain"] < 0 for s in tested)}
 
@@ -170,7 +175,8 @@ def audit(sweeps: Sequence[str], out_dir: str | None = None, candidate: str | No
   ref = results[0]["gain_of_means"]
   for r in results:
     g = r["gain_of_means"]
-    r["share_of_reference_gain"] = g / ref if g is not None and ref else None
+    # A share of a gain only means something when that gain is positive.
+    r["share_of_reference_gain"] = g / ref if g is not None and ref and ref > 0 else None
     r["share_of_published_gain"] = g / published if g is not None and published else None
     r["verdict"] = verdict(r)
   report = {"application": app, "published_gain": published, "method": METHOD,
@@ -186,17 +192,28 @@ def audit(sweeps: Sequence[str], out_dir: str | None = None, candidate: str | No
 def verdict(r: dict) -> str:
   """Words a reader cannot miss: whether the sweep shows a gain at all."""
   g = r["gain_of_means"]
+  collapsed = (f"; {len(r['collapsed'])} COLLAPSED model(s) (one score for every image: "
+               f"{', '.join(r['collapsed'])})" if r["collapsed"] else "")
   if g is None:
-    return "no gain computable (missing runs or a single class)"
+    return "no gain computable (missing runs or a single class)" + collapsed
   if r["candidate_better_p05"] == 0:
     return (f"gain {100 * g:+.1f}% NOT SHOWN: no scenario significantly better "
-            f"({r['baseline_better_p05']} significantly worse, of {r['n_tested']})")
+            f"({r['baseline_better_p05']} significantly worse, of {r['n_tested']})" + collapsed)
   return (f"gain {100 * g:+.1f}%; {r['candidate_better_p05']} of {r['n_tested']} scenarios "
-          f"significantly better, {r['baseline_better_p05']} worse")
+          f"significantly better, {r['baseline_better_p05']} worse" + collapsed)
 
 
 def _pct(x) -> str:
   return "n/a" if x is None else f"{100 * x:+.1f}%"
+
+
+def _share(x) -> str:
+  return "n/a (no positive gain to share)" if x is None else f"{100 * x:.0f}%"
+
+
+def _points(r) -> str:
+  sd = r["scenario_gain"]["sd"]
+  return "n/a" if sd is None else f"{100 * sd:.1f}"
 
 
 def _num(x, fmt=".3f") -> str:
@@ -212,15 +229,17 @@ def lines(report: dict) -> list[str]:
     out.append(f"{r['protocol']}: {r['candidate']} AUC {_num(r['mean_auc_candidate'])} vs "
                f"{r['baseline']} {_num(r['mean_auc_baseline'])} over {len(r['scenarios'])} "
                f"scenario(s): {r['verdict']}; share of the first sweep's gain "
-               f"{_pct(r['share_of_reference_gain'])}"
-               + (f", of the published {_pct(r['share_of_published_gain'])}"
+               f"{_share(r['share_of_reference_gain'])}"
+               + (f", of the published {_share(r['share_of_published_gain'])}"
                   if r["share_of_published_gain"] is not None else "") + f" ({r['sweep']})")
   out.append(f"method: {report['method']}")
   return out
 
 
 def markdown(report: dict) -> str:
-  text = ["# Audit: RadImageNet vs ImageNet gain under each protocol", ""]
+  first = report["sweeps"][0]
+  text = [f"# Audit: the AUC gain of {first['candidate']} over {first['baseline']} under each "
+          "protocol", ""]
   text += [f"- {line}" for line in lines(report)] + [""]
   for r in report["sweeps"]:
     text += [f"## {r['protocol']}", "", f"Sweep `{r['sweep']}`, data set {r['dataset']}, "
@@ -228,12 +247,13 @@ def markdown(report: dict) -> str:
              "| model | freeze | lr | images | AUC candidate | AUC baseline | gain | DeLong p |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for s in r["scenarios"]:
-      text.append(f"| {s['model']} | {s['freeze']} | {s['lr']:g} | {s['n_images']} | "
+      flag = f" (collapsed: {', '.join(s['collapsed'])})" if s["collapsed"] else ""
+      text.append(f"| {s['model']} | {s['freeze']} | {s['lr']:g}{flag} | {s['n_images']} | "
                   f"{_num(s['auc_candidate'])} | {_num(s['auc_baseline'])} | {_pct(s['gain'])} | "
                   f"{_num(s['p_value'], '.3g')} |")
     text += ["", f"Mean over scenarios: {_num(r['mean_auc_candidate'])} vs "
              f"{_num(r['mean_auc_baseline'])}, gain of the means {_pct(r['gain_of_means'])}; "
-             f"scenario gains {_pct(r['scenario_gain']['mean'])} (SD "
-             f"{_pct(r['scenario_gain']['sd'])}, n {r['scenario_gain']['n']}). "
+             f"scenario gains {_pct(r['scenario_gain']['mean'])} (SD {_points(r)} points, n "
+             f"{r['scenario_gain']['n']}). "
              f"Verdict: {r['verdict']}.", ""]
   return "\n".join(text) + "\n"

@@ -120,6 +120,9 @@ def fit(config, workdir: str, task: Task) -> dict[str, Any]:
                      f"{len(task.class_names)} classes of {config.dataset}; use 0 (from the "
                      f"dataset) or at least {len(task.class_names)}.")
   local_bs = distributed.process_batch_size(config.batch_size, mesh)
+  if config.get("partial_batch", False) and jax.process_count() > 1:
+    raise ValueError(f"config.partial_batch=True (Keras's partial last batch) runs on one process; "
+                     f"this job has {jax.process_count()}. Set partial_batch=False.")
   steps_per_epoch, total_steps, warmup = schedule_lengths(config, len(task.train_source))
   eval_every = steps_per_epoch if config.eval_every < 0 else config.eval_every
   ident = identity(config, num_classes)
