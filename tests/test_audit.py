@@ -139,3 +139,27 @@ def test_audit_refuses_sweeps_of_two_data_sets(tmp_path):
   with pytest.raises(ValueError, match="different data sets"):
     audit.audit([str(tmp_path / "a"), str(tmp_path / "b")])
   assert not os.path.exists(str(tmp_path / "a") + "_audit")
+
+
+def test_collapsed_models_and_lost_gains_are_said_in_words(tmp_path):
+  paper, corrected = str(tmp_path / "paper"), str(tmp_path / "corrected")
+  _write_sweep(paper, "official/breast", "paper", 0.8, 0)
+  _write_sweep(corrected, "official/breast", "corrected", 0.0, 1)   # no better than imagenet
+  run = os.path.join(corrected, "runs", "resnet50-head-lr0.01-radimagenet-fold0")
+  p = rij.evaluate.read_predictions(os.path.join(run, "predictions.csv"))
+  rij.evaluate.write_predictions(os.path.join(run, "predictions.csv"), p.ids, p.patients,
+                                 p.labels, np.tile([[0.0, 1.0]], (len(p.ids), 1)))
+  report = audit.audit([paper, corrected])
+  r = report["sweeps"][1]
+  assert r["collapsed"] == []  # fold 1 still spreads the pooled scores
+  for fold in (1,):
+    run = os.path.join(corrected, "runs", f"resnet50-head-lr0.01-radimagenet-fold{fold}")
+    p = rij.evaluate.read_predictions(os.path.join(run, "predictions.csv"))
+    rij.evaluate.write_predictions(os.path.join(run, "predictions.csv"), p.ids, p.patients,
+                                   p.labels, np.tile([[0.0, 1.0]], (len(p.ids), 1)))
+  r = audit.audit([paper, corrected])["sweeps"][1]
+  assert r["collapsed"] == ["resnet50-head-lr0.01 radimagenet"]
+  assert "COLLAPSED" in r["verdict"] and "NOT SHOWN" in r["verdict"]
+  assert r["gain_of_means"] < 0 and r["share_of_published_gain"] < 0
+  text = open(os.path.join(paper + "_audit", "audit.md")).read()
+  assert "(collapsed: radimagenet)" in text
