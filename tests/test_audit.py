@@ -86,7 +86,8 @@ def _write_sweep(root, dataset, protocol, shift, seed):
         rij.evaluate.write_predictions(os.path.join(d, "predictions.csv"), ids, ids, labels,
                                        np.stack([1 - scores, scores], 1))
         json.dump({"status": "done", "model": model, "freeze": freeze, "lr": lr, "init": init,
-                   "fold": fold, "dataset": dataset}, open(os.path.join(d, "run.json"), "w"))
+                   "fold": fold, "dataset": dataset, "class_names": ["no", "yes"]},
+                  open(os.path.join(d, "run.json"), "w"))
         json.dump(config, open(os.path.join(d, "config.json"), "w"))
 
 
@@ -163,3 +164,16 @@ def test_collapsed_models_and_lost_gains_are_said_in_words(tmp_path):
   assert r["gain_of_means"] < 0 and r["share_of_published_gain"] < 0
   text = open(os.path.join(paper + "_audit", "audit.md")).read()
   assert "(collapsed: radimagenet)" in text
+
+
+def test_report_states_the_protocol_and_flags_a_mix(tmp_path):
+  sweep = str(tmp_path / "paper")
+  _write_sweep(sweep, "official/acl", "paper", 0.8, 0)
+  report = rij.evaluate.write_report(sweep)
+  assert any(n.startswith("Protocol: paper: the official scripts") for n in report["notes"])
+  assert "Protocol: paper" in open(os.path.join(sweep, "report.md")).read()
+  run = os.path.join(sweep, "runs", "resnet50-head-lr0.01-imagenet-fold1")
+  json.dump(dict(protocols.PROTOCOLS["corrected"], protocol="corrected"),
+            open(os.path.join(run, "config.json"), "w"))
+  report = rij.evaluate.write_report(sweep)
+  assert any(n.startswith("Protocol: MIXED") for n in report["notes"])
