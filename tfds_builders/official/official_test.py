@@ -147,3 +147,25 @@ def test_missing_and_undecodable_images_are_source_errors(tmp_path):
   builder = tu.build("official/acl", tmp_path, tmp_path / "skip", on_error="skip")
   assert sorted(os.path.basename(r[0]) for r in tu.skipped(builder)) == sorted(
       os.path.basename(p) for p in (gone, bad))
+
+
+def test_a_runs_sets_follow_its_protocol(acl):
+  """configs/finetune.py:official_acl wires the protocol's `official_folds` into the run's sets."""
+  import importlib.util
+  from radimagenet_jax.finetune import run as run_lib
+  _, written, data_dir, _ = acl
+  path = os.path.join(os.path.dirname(tu.ROOT), "configs", "finetune.py")
+  spec = importlib.util.spec_from_file_location("finetune_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  for protocol in ("paper", "corrected"):
+    config = module.get_config(f"official_acl,fold=1,protocol={protocol}")
+    config.data_dir = str(data_dir)
+    sets, sources = run_lib.load_sets(config)
+    if protocol == "paper":
+      for name, split in SETS.items():
+        assert [e.id for e in sets[name]] == [p for p, _ in written[split, 2]]
+      assert folds.overlap(sets)["train/test"] == 1
+    else:
+      assert set(folds.overlap(sets).values()) == {0}
+    assert len(sources["test"]) == len(sets["test"])
