@@ -44,7 +44,6 @@ from radimagenet_jax.data import splits as splits_lib
 SETS = ("train", "validation", "test")
 GROUP_KEY, LABEL_KEY = "patient_id", "label"
 OFFICIAL_SETS_KEY, OFFICIAL_ROWS_KEY = "official_sets", "official_rows"
-OFFICIAL_SETS = SETS + ("none",)
 _FOLD = re.compile(r"fold(\d+)")
 _CHUNK = 512  # records read at once (encoded images included: keeps memory bounded)
 
