@@ -10,6 +10,9 @@ Usage:
 
 The ``:arg`` is a comma-separated list of one data set variant and ``key=value`` settings:
   busi, ddti, mrnet_acl, mrnet_meniscus, rsna_pneumonia, rsna_ich, cc_ccii   the paper's sets
+  official_thyroid, official_breast, official_acl, official_meniscus   the official
+               repository's images and five folds (`radimagenet-jax build official/acl
+               --manual_dir=RadImageNet/`)
   demo         radimagenet_demo/lesion at 64x64: minutes on a 2-core CPU (init: the README's
                pretraining demo checkpoint runs/demo, or random)
   tiny         the demo data at 32x32, a few steps: smoke tests
@@ -27,15 +30,23 @@ The ``:arg`` is a comma-separated list of one data set variant and ``key=value``
   lr=FLOAT     learning rate (Adam with Keras's defaults)
   fold=K       test on fold K of the fold0..fold4 splits (0..4), `all` (one run per fold in
                WORKDIR/fold<K>), `none` (the builder's train/validation/test)
-  sweep=NAME   paper (24 scenarios x inits x folds) | demo | tiny, for `radimagenet-jax sweep`
+  sweep=NAME   paper (24 scenarios x inits x folds) | corrected (the same, corrected protocol) |
+               demo | tiny, for `radimagenet-jax sweep`
+  protocol=P   paper (the official scripts: their folds, Keras epochs with a partial last batch,
+               clipped BCE on the softmax, RadImageNet preprocessing for every init) | corrected
+               (fixes each); default: paper for the paper's sets, corrected with sweep=corrected
+               and for demo/tiny. Each departure is a field (official_folds, partial_batch, loss,
+               preprocess, carry_over_folds): radimagenet_jax/finetune/protocols.py
 Defaults follow the official scripts: Adam (lr 1e-3, epsilon 1e-7), 30 epochs, 256x256 inputs, batch
 256, the data set's augmentation, validation every epoch, the checkpoint of the lowest validation loss
 kept as `best` and used for the test metrics; `preprocess=auto` picks `radimagenet` for RadImageNet
-weights and Keras's own mode for ImageNet weights.
+weights and Keras's own mode for ImageNet weights (protocol=corrected; protocol=paper feeds every
+init the RadImageNet preprocessing, as the official scripts do).
 """
 import ml_collections
 
 from radimagenet_jax import config_arg
+from radimagenet_jax.finetune import protocols
 from radimagenet_jax.train import config
 
 # variant -> (TFDS dataset, augmentation preset, cross-validated); docs/fidelity.md "Augmentation".
@@ -50,8 +61,14 @@ DATASETS = {
     "demo": ("radimagenet_demo/lesion", "paper", True),
     "tiny": ("radimagenet_demo/lesion", "none", True),
     "own": ("image_folder", "paper", True),
+    # The official repository's images and folds (tfds_builders/official).
+    "official_thyroid": ("official/thyroid", "paper", True),
+    "official_breast": ("official/breast", "paper", True),
+    "official_acl": ("official/acl", "paper", True),
+    "official_meniscus": ("official/meniscus", "paper", True),
 }
-SETTINGS = ("model", "init", "freeze", "lr", "fold", "sweep", "data", "weights", "scenarios")
+SETTINGS = ("model", "init", "freeze", "lr", "fold", "sweep", "protocol", "data", "weights",
+            "scenarios")
 OWN_SCENARIOS = "head@1e-2,top10@1e-3,all@1e-4"
 
 
@@ -120,6 +137,9 @@ def get_config(arg=None):
   c.shard = "0/1"                       # i/n: this host's slice of the sweep
   c.parallel_runs = 1
   c.sweep_scenarios = settings.get("scenarios", "")  # FREEZE@LR,... or a file; "": the preset's
+  # The protocol (finetune/protocols.py): its fields, official values one option away.
+  c.protocol, c.official_folds, c.partial_batch, c.loss, c.carry_over_folds = (
+      "corrected", False, False, "softmax_ce", False)
 
   if variant in ("demo", "tiny"):
     c.build_dataset, c.init, c.sweep_inits = True, settings.get("init", "demo"), "demo,random"
@@ -142,4 +162,6 @@ def get_config(arg=None):
   elif "data" in settings or "weights" in settings:
     raise ValueError(f"configs/finetune.py: data= and weights= are settings of the own variant; "
                      f"got them with {variant!r} (use own, or --config.dataset / --config.inits)")
+  default = "corrected" if variant in ("demo", "tiny", "own") or c.sweep == "corrected" else "paper"
+  protocols.apply(c, settings.get("protocol", default))
   return c

@@ -147,8 +147,21 @@ def _report(argv):
     print(f"wrote {f}")
 
 
+def _audit(argv):
+  p = argparse.ArgumentParser(prog="radimagenet-jax audit", description=_COMMANDS["audit"][1])
+  p.add_argument("sweeps", nargs="+", help="two or more sweep directories of one application, "
+                 "the reference (e.g. sweep=paper) first")
+  p.add_argument("--out", default=None, help="output directory (default: <first sweep>_audit)")
+  p.add_argument("--candidate", default=None, help="default: the first init of each sweep")
+  p.add_argument("--baseline", default=None, help="default: the second init (e.g. imagenet)")
+  args = p.parse_args(argv)
+  from radimagenet_jax.evaluate import audit
+  rep = audit.audit(args.sweeps, args.out, args.candidate, args.baseline)
+  print("\n".join(audit.lines(rep) + [f"wrote {f}" for f in rep["files"]]))
+
+
 def _report_lines(rep) -> list[str]:
-  lines = []
+  lines = [n for n in rep.get("notes") or [] if n.startswith("Protocol")]
   for init, s in (rep.get("summary") or {}).items():
     if s.get("mean") is not None:
       sd = "" if s.get("sd") is None else f" +- {s['sd']:.3f}"
@@ -252,6 +265,8 @@ _COMMANDS = {
               "shardable with --config.shard=i/n); writes results.csv."),
     "report": (_report, "AUCs with DeLong CIs, paired DeLong tests and gains between inits, from "
                "a sweep (or run) directory: report.md, report.json, PNGs."),
+    "audit": (_audit, "RadImageNet-minus-ImageNet AUC gain per scenario under each of two (or "
+              "more) sweeps, e.g. protocol=paper vs corrected: how much of the gain survives."),
     "evaluate": (_evaluate, "Evaluate a workdir's checkpoint (latest or --step) on its config's "
                  "evaluation split (or --split); the config is read from the workdir."),
     "gradcam": (_gradcam, "Grad-CAM maps, Dice against lesion masks and statistics between two "

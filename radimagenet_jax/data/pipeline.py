@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import grain
+import numpy as np
 
 from radimagenet_jax.data import augment as augment_lib
 # `radimagenet_jax.data.preprocess` is the re-exported function, so import the names from the module.
@@ -70,6 +71,58 @@ class GlobalBatchSampler:
             f"block {self.block})")
 
 
+REAL_KEY = "_real"  # partial_batch: False for the padding records that fill an epoch's last batch
+
+
+class EpochPaddedSampler:
+  """Keras's epochs over an endless shuffled stream: each epoch of n records is followed by
+  padding up to a multiple of the batch size b, so that batches never straddle two epochs; the
+  padding records (the source's record n, see PaddedSource) are dropped by `real_examples`, which
+  leaves ceil(n / b) batches an epoch, the last one partial, as `keras.Model.fit` runs them."""
+
+  def __init__(self, base, num_records: int, batch_size: int):
+    self.base, self.n, self.b = base, num_records, batch_size
+    self.padded = -(-num_records // batch_size) * batch_size
+
+  def __len__(self):
+    return len(self.base)
+
+  def __getitem__(self, k):
+    epoch, j = divmod(k, self.padded)
+    meta = self.base[epoch * self.n + min(j, self.n - 1)]
+    return grain.RecordMetadata(index=k, record_key=meta.record_key if j < self.n else self.n,
+                                rng=meta.rng)
+
+  def __repr__(self):  # grain compares it with the checkpointed iterator state's
+    return f"EpochPaddedSampler({self.base!r}, {self.n} records, batch {self.b})"
+
+
+class PaddedSource:
+  """``source`` plus one padding record (a copy of record 0) at index len(source); every record
+  carries REAL_KEY (False for the padding)."""
+
+  def __init__(self, source):
+    self.source = source
+
+  def __len__(self):
+    return len(self.source) + 1
+
+  def __getitem__(self, index):
+    index = int(index)
+    return dict(self.source[index if index < len(self.source) else 0],
+                **{REAL_KEY: index < len(self.source)})
+
+  def __repr__(self):
+    return f"PaddedSource({self.source!r})"
+
+
+def real_examples(batch: dict) -> dict:
+  """A batch of a `partial_batch=True` loader without its padding rows (and without REAL_KEY):
+  full batches come back whole, an epoch's last batch with its real examples only."""
+  real = np.asarray(batch.pop(REAL_KEY), bool)
+  return batch if real.all() else {k: np.asarray(v)[real] for k, v in batch.items()}
+
+
 def make_loader(source: Sequence[Any], *, batch_size: int, image_size: int | tuple[int, int],
                 preprocess_mode: str = "radimagenet",
                 augment: str | augment_lib.AugmentConfig | dict = "none", shuffle: bool = True,
@@ -79,7 +132,8 @@ def make_loader(source: Sequence[Any], *, batch_size: int, image_size: int | tup
                 worker_buffer_size: int = 2,
                 read_options: grain.ReadOptions | None = None,
                 preprocess_on_device: bool = False,
-                augment_on_device: bool | str = False) -> grain.DataLoader:
+                augment_on_device: bool | str = False,
+                partial_batch: bool = False) -> grain.DataLoader:
   """A grain DataLoader yielding preprocessed batches.
 
   Args:
@@ -112,6 +166,9 @@ def make_loader(source: Sequence[Any], *, batch_size: int, image_size: int | tup
       preprocess_on_device, order-1 'nearest' augmentation (every preset) and no mask keys.
       'auto': on when JAX's default backend is not the CPU and those hold. False/'off': the host
       warps. No fields are added when the augmentation is 'none'.
+    partial_batch: Keras's epochs (endless shuffled stream, one process): ceil(n / batch_size)
+      batches an epoch, the last one partial. Batches carry REAL_KEY; pass each through
+      `real_examples` (the train loop does), which drops the padding that ends an epoch.
 
   Returns:
     A grain.DataLoader; `iter(loader)` has get_state()/set_state(). Batches are dicts:
@@ -134,7 +191,17 @@ def make_loader(source: Sequence[Any], *, batch_size: int, image_size: int | tup
   size = _as_size(image_size)
   shard_options = (grain.sharding.ShardByJaxProcess(drop_remainder=drop_remainder)
                    if shard_by_process else grain.sharding.NoSharding())
-  if shard_by_process and num_epochs is None and shard_options.shard_count > 1:
+  if partial_batch:
+    if num_epochs is not None or shard_options.shard_count > 1:
+      raise ValueError("partial_batch=True needs an endless stream (num_epochs=None) on one "
+                       f"process; got num_epochs={num_epochs}, {shard_options.shard_count} "
+                       "processes. Use partial_batch=False (whole batches) on several processes.")
+    sampler = EpochPaddedSampler(
+        grain.samplers.IndexSampler(num_records=len(source), shuffle=shuffle, num_epochs=None,
+                                    seed=seed, shard_options=grain.sharding.NoSharding()),
+        len(source), batch_size)
+    source, extra_keys = PaddedSource(source), extra_keys + (REAL_KEY,)
+  elif shard_by_process and num_epochs is None and shard_options.shard_count > 1:
     # Training on several processes: the global batches of a 1-process run (GlobalBatchSampler).
     sampler = GlobalBatchSampler(
         grain.samplers.IndexSampler(num_records=len(source), shuffle=shuffle, num_epochs=None,

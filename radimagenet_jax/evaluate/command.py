@@ -72,7 +72,8 @@ def evaluate_workdir(workdir: str, *, step: int | None = None, split: str | None
   model = loop.create_model(config, num_classes)
   variables = distributed.put_replicated(
       ckpt_lib.load_variables(workdir, meta["model_name"], step=step), mesh)
-  eval_fn = steps.compile_eval_step(model, mesh, config.preprocess)
+  eval_fn = steps.compile_eval_step(model, mesh, config.preprocess,
+                                    config.get("loss", "softmax_ce"))  # the run's own loss
   print(f"evaluating {workdir} step {step} on {config.dataset} [{config.eval_split}] "
         f"({len(source)} examples)...", flush=True)
   ev = run_eval(config, eval_fn, variables, source, mesh, num_classes)

@@ -284,6 +284,8 @@ def write_report(paths, out_dir=None, baseline: str | None = None) -> dict:
 
   task = None if class_names is None else ("binary" if len(class_names) == 2 else "multiclass")
   notes = [MULTICLASS_NOTE] if task == "multiclass" else []
+  from radimagenet_jax.finetune import protocols  # which protocol made the numbers (issue 30)
+  notes.append(protocols.report_line([r["dir"] for r in usable]))
   report = {"kind": kind, "sources": [os.path.abspath(p) for p in paths],
             "out_dir": os.path.abspath(out_dir), "task": task, "class_names": class_names,
             "inits": inits, "baseline": base, "comparisons": [list(p) for p in pairs],

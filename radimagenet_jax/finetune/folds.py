@@ -7,6 +7,14 @@ Datasets built with folds (tfds_builders/common.py, ``RadConfig.folds``) have th
 - train + validation: the other folds; the validation set is carved out of them BY PATIENT,
   stratified by label, about ``val_fraction`` of their examples (deterministic in ``seed``).
 
+Data sets built with the official repository's folds (tfds_builders/official) store each image
+once, in the split of its official test fold, with its set and CSV row in every fold
+(``OFFICIAL_SETS_KEY``, ``OFFICIAL_ROWS_KEY``). With ``official=True`` (protocol=paper) fold K's
+sets are then exactly the official CSVs of fold K+1, in CSV row order; nothing is re-drawn, and
+patients found on two sides are reported (``overlap``), not fixed. With ``official=False``
+(protocol=corrected) the same images get patient-grouped stratified folds and a carved-out
+validation set as above.
+
 With ``fold=None`` the sets are the dataset's own ``train`` / ``validation`` / ``test`` splits.
 Records are read without decoding images; a set is a list of ``Example(split, index, id, group,
 label)`` (a reference into a TFDS split), and ``make_sources`` turns the sets into grain-loadable
@@ -35,6 +43,7 @@ from radimagenet_jax.data import splits as splits_lib
 
 SETS = ("train", "validation", "test")
 GROUP_KEY, LABEL_KEY = "patient_id", "label"
+OFFICIAL_SETS_KEY, OFFICIAL_ROWS_KEY = "official_sets", "official_rows"
 _FOLD = re.compile(r"fold(\d+)")
 _CHUNK = 512  # records read at once (encoded images included: keeps memory bounded)
 
@@ -46,6 +55,7 @@ class Example(NamedTuple):
   id: str
   group: str
   label: int
+  official: str = ""  # official folds: "<set>:<row>" per fold, comma-separated ("" otherwise)
 
 
 class Subset(splits_lib.Subset):
@@ -113,7 +123,11 @@ def read_examples(dataset: str, split: str, data_dir=None) -> list[Example]:
         ex_id += f"#{int(r['slice_index'])}" if "slice_index" in r else ""
       else:
         ex_id = f"{split}:{i}"
-      out.append(Example(split, i, ex_id, _text(r[GROUP_KEY]), int(r[LABEL_KEY])))
+      official = ""
+      if OFFICIAL_SETS_KEY in r:
+        official = ",".join(f"{a}:{b}" for a, b in zip(_text(r[OFFICIAL_SETS_KEY]).split(","),
+                                                       _text(r[OFFICIAL_ROWS_KEY]).split(",")))
+      out.append(Example(split, i, ex_id, _text(r[GROUP_KEY]), int(r[LABEL_KEY]), official))
   return out
 
 
@@ -177,14 +191,42 @@ def check_disjoint(sets: dict[str, Sequence[Example]]) -> None:
                          "expected patient-disjoint sets")
 
 
+def official_sets(examples: Sequence[Example], fold: int) -> dict[str, list[Example]]:
+  """The official train / validation / test of fold index ``fold`` (0-based: the CSVs' fold
+  ``fold + 1``), each in its CSV's row order."""
+  out: dict[str, list[tuple[int, Example]]] = {name: [] for name in SETS}
+  for e in examples:
+    name, row = e.official.split(",")[fold].split(":")
+    if name in out:
+      out[name].append((int(row), e))
+  return {name: [e for _, e in sorted(rows, key=lambda t: t[0])] for name, rows in out.items()}
+
+
+def overlap(sets: dict[str, Sequence[Example]]) -> dict[str, int]:
+  """{'<a>/<b>': number of patients with images in both set a and set b} for each pair."""
+  groups = {name: {e.group for e in examples} for name, examples in sets.items()}
+  names = list(sets)
+  return {f"{a}/{b}": len(groups[a] & groups[b])
+          for i, a in enumerate(names) for b in names[i + 1:]}
+
+
+def _regrouped(examples: Sequence[Example], k: int, seed: int) -> list[list[Example]]:
+  """Patient-grouped stratified k folds of ``examples`` (the corrected protocol's folds)."""
+  fold_of = splits_lib.group_kfold([e.group for e in examples], [e.label for e in examples],
+                                   k=k, seed=seed)
+  return [[e for e, f in zip(examples, fold_of) if int(f) == i] for i in range(k)]
+
+
 def fold_splits(dataset: str, data_dir=None, fold: int | None = None,
                 num_folds: int | None = None, val_fraction: float = 0.1,
-                seed: int = 0) -> dict[str, list[Example]]:
+                seed: int = 0, official: bool = True) -> dict[str, list[Example]]:
   """{'train', 'validation', 'test'} -> list of Example (see the module docstring).
 
   fold: None (the dataset's own train/validation/test splits) or the held-out fold index.
   num_folds: the number of fold splits expected (None: as many as the dataset has).
   val_fraction, seed: the validation carve-out of the other folds (ignored when fold is None).
+  official: for a data set built with official folds, use them as given (True) or re-draw
+    patient-grouped folds over its images (False); ignored for other data sets.
   """
   if fold is None:
     sets = {name: read_examples(dataset, name, data_dir) for name in SETS}
@@ -200,19 +242,29 @@ def fold_splits(dataset: str, data_dir=None, fold: int | None = None,
                        f"fold{(num_folds or k) - 1} (num_folds={num_folds})")
     if not isinstance(fold, (int, np.integer)) or not 0 <= fold < k:
       raise ValueError(f"fold={fold!r}: expected an integer in [0, {k}) for dataset {dataset!r}")
-    test = read_examples(dataset, f"fold{fold}", data_dir)
-    pool = [e for i in range(k) if i != fold for e in read_examples(dataset, f"fold{i}", data_dir)]
+    by_fold = [read_examples(dataset, f"fold{i}", data_dir) for i in range(k)]
+    if by_fold[0] and by_fold[0][0].official:
+      if official:  # the official CSVs as given: patient overlap is reported, not fixed
+        sets = official_sets([e for f in by_fold for e in f], fold)
+        _check_classes(sets, f"dataset {dataset!r}, official fold {fold + 1}")
+        return sets
+      by_fold = _regrouped([e for f in by_fold for e in f], k, seed)
+    test = by_fold[fold]
+    pool = [e for i in range(k) if i != fold for e in by_fold[i]]
     val = carve_validation([e.group for e in pool], [e.label for e in pool], val_fraction, seed)
     sets = {"train": [e for e, v in zip(pool, val) if not v],
             "validation": [e for e, v in zip(pool, val) if v], "test": test}
-  where = f"dataset {dataset!r}" + ("" if fold is None else f", test fold fold{fold}")
+  _check_classes(sets, f"dataset {dataset!r}" + ("" if fold is None else f", test fold fold{fold}"))
+  check_disjoint(sets)
+  return _unique_ids(sets)
+
+
+def _check_classes(sets: dict[str, list[Example]], where: str) -> None:
   for name in ("train", "test"):
     labels = sorted({e.label for e in sets[name]})
     if len(labels) < 2:
       raise ValueError(f"{where}: the {name} set holds {len(sets[name])} examples of "
                        f"{len(labels)} class(es) {labels}; expected at least two classes")
-  check_disjoint(sets)
-  return _unique_ids(sets)
 
 
 def _unique_ids(sets: dict[str, list[Example]]) -> dict[str, list[Example]]:

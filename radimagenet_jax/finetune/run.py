@@ -15,19 +15,20 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from typing import Any
 
 import ml_collections
 
 from radimagenet_jax import checkpoints, distributed, evaluate, models
 from radimagenet_jax.data import tfds_source
-from radimagenet_jax.finetune import folds, freeze, initial_weights as init_lib
+from radimagenet_jax.finetune import folds, freeze, initial_weights as init_lib, protocols
 from radimagenet_jax.train import config as config_lib
-from radimagenet_jax.train import inference, loop, preemption
+from radimagenet_jax.train import inference, loop, losses, preemption
 
 FINETUNE_KEYS = ("init", "inits", "freeze", "fold", "num_folds", "val_fraction",
                  "sweep", "sweep_models", "sweep_inits", "sweep_folds", "shard", "parallel_runs",
-                 "sweep_scenarios")
+                 "sweep_scenarios", "protocol") + protocols.FIELDS
 
 
 def validate_config(config) -> None:
@@ -44,6 +45,18 @@ def validate_config(config) -> None:
     raise ValueError(f"config.fold={config.fold} is not below config.num_folds={config.num_folds}.")
   if not 0 < config.val_fraction < 1:
     raise ValueError(f"config.val_fraction={config.val_fraction} must be in (0, 1).")
+  if config.protocol not in protocols.PROTOCOLS:
+    raise ValueError(f"config.protocol={config.protocol!r}: expected one of "
+                     f"{', '.join(protocols.PROTOCOLS)}.")
+  losses.check(config.loss)
+  batched = [f"{k}={config[k]!r}" for k, ok in (("partial_batch", not config.partial_batch),
+                                                ("loss", config.loss == "softmax_ce"),
+                                                ("carry_over_folds", not config.carry_over_folds),
+                                                ("optimizer", config.optimizer != "keras_adam"))
+             if not ok]
+  if config.parallel_runs > 1 and batched:
+    raise ValueError(f"config.parallel_runs={config.parallel_runs} (batched runs) does not support "
+                     f"{', '.join(batched)}; use parallel_runs=1 for the paper protocol.")
 
 
 def _with(config, **values):
@@ -68,7 +81,7 @@ def finetune(config, workdir: str) -> dict[str, Any]:
   # Before `prepare` reads the init weights (a checkpoint restore starts JAX's backends, after
   # which a multi-process job can no longer be joined).
   distributed.initialize()
-  prepared = prepare(config)
+  prepared = prepare(config, carry_from=carried_fold(config, workdir))
   os.makedirs(workdir, exist_ok=True)
   # SIGTERM in any phase (training, validation, the test predictions, the records) stops cleanly:
   # in training after the next step (the engine), later once the records are written.
@@ -118,13 +131,35 @@ def load_sets(config) -> tuple[dict, dict]:
     tfds_source.open_source(config.dataset, "train", data_dir, build=True)
   sets = folds.fold_splits(config.dataset, data_dir, fold,
                            config.num_folds if fold is not None else None, config.val_fraction,
-                           config.seed)
+                           config.seed, official=bool(config.get("official_folds", True)))
   return sets, folds.make_sources(sets, config.dataset, data_dir)
 
 
-def prepare(config, data: tuple[dict, dict] | None = None) -> Prepared:
+def carried_fold(config, workdir: str) -> str | None:
+  """With ``carry_over_folds`` and fold K > 0: the run directory of fold K-1 (the workdir's name
+  with ``fold<K-1>`` for its trailing ``fold<K>``), which must be finished; else None."""
+  if not config.get("carry_over_folds") or config.fold in ("none", "all") or int(config.fold) == 0:
+    return None
+  k = int(config.fold)
+  name = os.path.basename(os.path.normpath(workdir))
+  if not re.search(rf"fold{k}$", name):
+    raise ValueError(f"carry_over_folds=True: the run directory {workdir} does not end in "
+                     f"'fold{k}', so fold {k - 1}'s run cannot be found next to it.")
+  previous = os.path.join(os.path.dirname(os.path.normpath(workdir)),
+                          re.sub(rf"fold{k}$", f"fold{k - 1}", name))
+  if loop.read_best(previous) is None or not os.path.isfile(os.path.join(previous, "run.json")):
+    raise ValueError(f"carry_over_folds=True: fold {k} continues from fold {k - 1}'s last weights "
+                     f"(breast_train.py's leak), but {previous} holds no finished run; run the "
+                     f"folds in order, on one shard.")
+  return previous
+
+
+def prepare(config, data: tuple[dict, dict] | None = None, carry_from: str | None = None
+            ) -> Prepared:
   """Resolves the init and preprocessing, opens the data (or takes ``data`` = load_sets(config)),
-  loads the starting weights and builds the freeze mask: everything before training."""
+  loads the starting weights and builds the freeze mask: everything before training.
+  ``carry_from``: a finished run whose last weights (head included) replace the init's
+  (``carry_over_folds``, the official breast script's behaviour)."""
   label, path = init_lib.resolve(config)
   config = _with(config, preprocess=init_lib.preprocess_mode(config, label, path))
   spec = models.get_spec(config.model)
@@ -138,6 +173,9 @@ def prepare(config, data: tuple[dict, dict] | None = None) -> Prepared:
 
   # ---- Starting weights, freeze mask, frozen BatchNorm layers ----
   variables, init_info = init_lib.initial_variables(config, num_classes, label, path)
+  if carry_from is not None:  # the previous fold's LAST weights, as the Keras model object held
+    variables = checkpoints.load_variables(carry_from, spec.name)
+    init_info = dict(init_info, carried_over_from=carry_from, head="carried over")
   if variables is None:  # random init: the mask needs the parameter shapes only (no compile)
     params = models.variable_shapes(spec.module_cls(num_classes=num_classes),
                                     config.image_size)["params"]
@@ -150,7 +188,8 @@ def prepare(config, data: tuple[dict, dict] | None = None) -> Prepared:
          "lr": float(config.learning_rate), "fold": None if config.fold == "none" else int(config.fold),
          "class_names": list(class_names), "preprocess": config.preprocess,
          "scenario": f"{spec.name}-{config.freeze}-lr{config.learning_rate:g}",
-         "sets": folds.summary(sets),
+         "sets": folds.summary(sets), "protocol": protocols.name_of(config.to_dict()),
+         "patient_overlap": folds.overlap(sets),
          **init_info, **counts, "status": "running"}
   task = loop.Task(train_source=sources["train"], eval_source=sources["validation"],
                    class_names=class_names,

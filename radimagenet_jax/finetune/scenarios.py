@@ -34,6 +34,8 @@ PAPER_SCENARIOS = (Scenario("all", 1e-3), Scenario("all", 1e-4), Scenario("head"
 # folds None: the caller's (range(5) for cross-validated data sets, (None,) otherwise).
 PRESETS = {
     "paper": {"models": PAPER_MODELS, "scenarios": PAPER_SCENARIOS, "folds": None},
+    # The same 24 scenarios, meant for protocol=corrected (configs/finetune.py:...,sweep=corrected).
+    "corrected": {"models": PAPER_MODELS, "scenarios": PAPER_SCENARIOS, "folds": None},
     "demo": {"models": ("resnet50",), "folds": (0, 1),
              "scenarios": (Scenario("all", 1e-4), Scenario("head", 1e-2), Scenario("top10", 1e-2))},
     # One cheap scenario (the head alone trains): smoke tests of the whole sweep -> report path.

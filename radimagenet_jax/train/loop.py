@@ -65,7 +65,10 @@ def identity(config, num_classes: int) -> dict:
 
 
 def schedule_lengths(config, num_train_examples: int) -> tuple[int, int, int]:
-  steps_per_epoch = max(num_train_examples // config.batch_size, 1)
+  if config.get("partial_batch", False):  # Keras's epoch: the last batch partial
+    steps_per_epoch = max(-(-num_train_examples // config.batch_size), 1)
+  else:
+    steps_per_epoch = max(num_train_examples // config.batch_size, 1)
   total = config.num_train_steps or int(math.ceil(config.num_epochs * steps_per_epoch))
   warmup = config.warmup_steps or int(config.warmup_epochs * steps_per_epoch)
   return steps_per_epoch, total, warmup
@@ -122,6 +125,9 @@ def fit(config, workdir: str, task: Task) -> dict[str, Any]:
                      f"{len(task.class_names)} classes of {config.dataset}; use 0 (from the "
                      f"dataset) or at least {len(task.class_names)}.")
   local_bs = distributed.process_batch_size(config.batch_size, mesh)
+  if config.get("partial_batch", False) and jax.process_count() > 1:
+    raise ValueError(f"config.partial_batch=True (Keras's partial last batch) runs on one process; "
+                     f"this job has {jax.process_count()}. Set partial_batch=False.")
   steps_per_epoch, total_steps, warmup = schedule_lengths(config, len(task.train_source))
   eval_every = steps_per_epoch if config.eval_every < 0 else config.eval_every
   ident = identity(config, num_classes)
@@ -137,14 +143,19 @@ def fit(config, workdir: str, task: Task) -> dict[str, Any]:
   state = state_lib.create(model, tx, config.seed, config.image_size,
                            distributed.replicated(mesh), variables=task.variables,
                            init_law=config.init_law)
-  train_fn = steps.compile_train_step(model, tx, mesh, config.preprocess, task.trainable)
-  eval_fn = steps.compile_eval_step(model, mesh, config.preprocess)
+  loss, partial = config.get("loss", "softmax_ce"), bool(config.get("partial_batch", False))
+  train_fn = steps.compile_train_step(model, tx, mesh, config.preprocess, task.trainable, loss)
+  # An epoch's partial last batch (partial_batch=True, one process): replicated, compiled once.
+  partial_fn = steps.compile_train_step(model, tx, mesh, config.preprocess, task.trainable, loss,
+                                        replicate_batch=True)
+  eval_fn = steps.compile_eval_step(model, mesh, config.preprocess, loss)
   loader = pipeline.make_loader(task.train_source, batch_size=local_bs,
                                 image_size=config.image_size, preprocess_mode=config.preprocess,
                                 augment=config.augment, shuffle=True, seed=config.seed,
                                 num_epochs=None, worker_count=config.worker_count,
                                 preprocess_on_device=True,
-                                augment_on_device=config.augment_on_device)
+                                augment_on_device=config.augment_on_device,
+                                partial_batch=partial)
   data_iter = iter(loader)
 
   # ---- Resume ----
@@ -201,11 +212,15 @@ def fit(config, workdir: str, task: Task) -> dict[str, Any]:
   try:
     with preemption.catch_sigterm():
       for step in range(start + 1, total_steps + 1):
-        batch = distributed.to_global(next(data_iter), mesh)
+        batch = next(data_iter)
+        batch = pipeline.real_examples(batch) if partial else batch
         if step == start + 1 and main:
           progress.log("compiling the train step (first step)...")
           t0 = time.perf_counter()
-        state, acc = train_fn(state, acc, batch)
+        if len(batch["label"]) < local_bs:
+          state, acc = partial_fn(state, acc, distributed.put_replicated(batch, mesh))
+        else:
+          state, acc = train_fn(state, acc, distributed.to_global(batch, mesh))
         if step == start + 1:
           # The first step includes compilation: keep it out of the images/s figures.
           jax.block_until_ready(acc)

@@ -7,9 +7,10 @@ state for them (`optax.multi_transform` masks its inner transformation).
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import optax
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = ("sgd", "adam", "adamw", "keras_adam")
 SCHEDULES = ("cosine", "constant")
 
 
@@ -43,6 +44,9 @@ def create_optimizer(config, learning_rate_fn) -> optax.GradientTransformation:
     tx = optax.sgd(learning_rate_fn, momentum=config.momentum or None, nesterov=False)
   elif name == "adam":
     tx = optax.adam(learning_rate_fn, b1=config.momentum, eps=config.adam_epsilon)
+  elif name == "keras_adam":  # the official scripts' Adam (protocol=paper)
+    tx = optax.chain(scale_by_keras_adam(config.momentum, 0.999, config.adam_epsilon),
+                     optax.scale_by_learning_rate(learning_rate_fn))
   elif name == "adamw":
     return optax.adamw(learning_rate_fn, b1=config.momentum, eps=config.adam_epsilon,
                        weight_decay=wd, mask=_decay_mask)
@@ -51,6 +55,29 @@ def create_optimizer(config, learning_rate_fn) -> optax.GradientTransformation:
   if wd:
     tx = optax.chain(optax.add_decayed_weights(wd, mask=_decay_mask), tx)
   return tx
+
+
+def scale_by_keras_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-7
+                       ) -> optax.GradientTransformation:
+  """Keras's Adam direction: sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps). optax's adam
+  adds eps to sqrt(v_hat) instead, i.e. Keras's eps is optax's eps / sqrt(1 - b2^t): the two part
+  where gradients are near eps (a conv bias before BatchNorm), which a run against Keras shows."""
+
+  def init(params):
+    zeros = lambda: jax.tree.map(jnp.zeros_like, params)  # noqa: E731
+    return optax.ScaleByAdamState(count=jnp.zeros([], jnp.int32), mu=zeros(), nu=zeros())
+
+  def update(updates, state, params=None):
+    del params
+    mu = jax.tree.map(lambda m, g: m + (g - m) * (1 - b1), state.mu, updates)
+    nu = jax.tree.map(lambda v, g: v + (g * g - v) * (1 - b2), state.nu, updates)
+    count = state.count + 1
+    t = count.astype(jnp.float32)
+    alpha = jnp.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+    out = jax.tree.map(lambda m, v: alpha * m / (jnp.sqrt(v) + eps), mu, nu)
+    return out, optax.ScaleByAdamState(count=count, mu=mu, nu=nu)
+
+  return optax.GradientTransformation(init, update)
 
 
 def freeze(tx: optax.GradientTransformation, trainable) -> optax.GradientTransformation:

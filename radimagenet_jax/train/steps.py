@@ -16,6 +16,7 @@ import optax
 from radimagenet_jax import distributed
 from radimagenet_jax.data import augment_device
 from radimagenet_jax.data.preprocess import preprocess
+from radimagenet_jax.train import losses
 from radimagenet_jax.train.state import TrainState
 
 NO_BAD_STEP = jnp.iinfo(jnp.int32).max   # first_bad_step when every loss so far was finite
@@ -55,13 +56,14 @@ def _inputs(batch, preprocess_mode):
 
 
 def train_step(state: TrainState, metrics, batch, *, model, tx, preprocess_mode=None,
-               trainable=None):
+               trainable=None, loss="softmax_ce"):
   """One update on a global batch; returns (new state, updated metric sums).
 
   ``trainable``: None (all parameters train) or a boolean pytree like the params. Frozen
   parameters enter the forward pass through ``stop_gradient``, so no gradient is computed for them
   at all (with ``freeze='head'`` the backbone's backward pass disappears from the compiled step);
-  ``tx`` (``optim.freeze``) gives them zero updates.
+  ``tx`` (``optim.freeze``) gives them zero updates. ``loss``: a kind of ``losses.LOSSES``, averaged
+  over the batch's examples (a partial last batch: its real examples only).
   """
   # A fresh dropout key per step that depends only on (seed, step): resumed runs draw the same.
   dropout_rng = jax.random.fold_in(state.rng, state.step)
@@ -73,8 +75,8 @@ def train_step(state: TrainState, metrics, batch, *, model, tx, preprocess_mode=
                                   _inputs(batch, preprocess_mode), train=True,
                                   mutable=["batch_stats"],
                                   rngs={"dropout": dropout_rng})
-    loss = cross_entropy(logits, batch["label"]).mean()
-    return loss, (logits, updates.get("batch_stats", state.batch_stats))
+    value = losses.per_example(logits, batch["label"], loss).mean()
+    return value, (logits, updates.get("batch_stats", state.batch_stats))
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -95,7 +97,7 @@ def add_train_metrics(metrics, loss, logits, labels, finite, step):
           "first_bad_step": jnp.minimum(metrics["first_bad_step"], bad)}
 
 
-def eval_step(variables, metrics, batch, *, model, preprocess_mode=None):
+def eval_step(variables, metrics, batch, *, model, preprocess_mode=None, loss="softmax_ce"):
   """Adds one (padded) eval batch to the metric sums; ``batch['mask']`` is 0 for padding."""
   logits = model.apply(variables, _inputs(batch, preprocess_mode), train=False)
   labels, mask = batch["label"], batch["mask"]
@@ -103,28 +105,33 @@ def eval_step(variables, metrics, batch, *, model, preprocess_mode=None):
   preds = jnp.argmax(logits, -1)
   confusion = (jax.nn.one_hot(labels, num_classes, dtype=jnp.int32) * mask[:, None]).T @ \
       jax.nn.one_hot(preds, num_classes, dtype=jnp.int32)
-  return {"loss_sum": metrics["loss_sum"] + (cross_entropy(logits, labels) * mask).sum(),
+  return {"loss_sum": metrics["loss_sum"] + (losses.per_example(logits, labels, loss) * mask).sum(),
           "correct1": metrics["correct1"] + (_correct(logits, labels, 1) * mask).sum(),
           "correct5": metrics["correct5"] + (_correct(logits, labels, 5) * mask).sum(),
           "count": metrics["count"] + mask.sum(),
           "confusion": metrics["confusion"] + confusion}
 
 
-def compile_train_step(model, tx, mesh, preprocess_mode=None, trainable=None):
-  """jit of train_step with explicit shardings; state and metrics are donated."""
+def compile_train_step(model, tx, mesh, preprocess_mode=None, trainable=None, loss="softmax_ce",
+                       replicate_batch=False):
+  """jit of train_step with explicit shardings; state and metrics are donated.
+  ``replicate_batch``: the batch is replicated, not split (a partial last batch whose size the
+  device count does not divide; the loss and BatchNorm statistics are the same either way)."""
   rep, data = distributed.replicated(mesh), distributed.data_sharded(mesh)
+  data = rep if replicate_batch else data
   fn = functools.partial(train_step, model=model, tx=tx, preprocess_mode=preprocess_mode,
-                         trainable=trainable)
+                         trainable=trainable, loss=loss)
   return jax.jit(fn, in_shardings=(rep, rep, data), out_shardings=(rep, rep),
                  donate_argnums=(0, 1))
 
 
 @functools.lru_cache(maxsize=8)
-def compile_eval_step(model, mesh, preprocess_mode=None):
+def compile_eval_step(model, mesh, preprocess_mode=None, loss="softmax_ce"):
   # Cached per (model, mesh): `evaluate` after `train_and_evaluate` in one process (tests,
   # notebooks) reuses the compiled step. Linen modules and meshes hash by value.
   rep, data = distributed.replicated(mesh), distributed.data_sharded(mesh)
-  return jax.jit(functools.partial(eval_step, model=model, preprocess_mode=preprocess_mode),
+  return jax.jit(functools.partial(eval_step, model=model, preprocess_mode=preprocess_mode,
+                                   loss=loss),
                  in_shardings=(rep, rep, data),
                  out_shardings=rep, donate_argnums=(1,))
 

@@ -162,7 +162,8 @@ def _report(builder, seconds: float) -> list[str]:
   summary = getattr(builder, "build_summary", lambda: [])()  # the builder's own lines, if any
   return [f"built {_label(builder)} {builder.version} in {seconds:.1f} s: {data_path}",
           f"  examples per split: {splits}",
-          f"  skipped source files: {len(skipped)} (listed in {listed})"] + list(summary)
+          f"  skipped source files: {len(skipped)} (listed in {listed})"] + list(summary) + [
+              f"  {line}" for line in getattr(builder, "summary_lines", list)()]
 
 
 def build(dataset: str, data_dir=None, manual_dir=None, on_error: str = "fail",
