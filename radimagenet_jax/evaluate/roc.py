@@ -96,57 +96,109 @@ def roc_auc(labels, scores) -> float:
   return float(structural_components(labels, scores)[0][0])
 
 
-def delong_ci(labels, scores, level: float = 0.95) -> dict:
-  """AUC with DeLong's standard error and confidence interval (pROC ``ci.auc(method="delong")``).
+def _ci_bounds(auc: float, se: float, level: float) -> tuple[float, float]:
+  half = float(sps.norm.ppf((1.0 + level) / 2.0)) * se
+  return max(0.0, auc - half), min(1.0, auc + half)
 
-  Returns ``{"auc", "se", "ci_low", "ci_high", "level", "n_cases", "n_controls"}`` (Python floats
-  and ints). The interval is ``auc +- z((1 + level) / 2) * se`` clipped to [0, 1]; ``se`` and the
-  interval are None when there are fewer than two cases or two controls (no sample variance).
+
+def _z_p(diff: float, se: float) -> tuple[float, float]:
+  """Two-sided normal test of ``diff`` with standard error ``se`` (se 0: p 1 or 0)."""
+  if se > 0:
+    z = diff / se
+    return float(z), float(2.0 * sps.norm.sf(abs(z)))
+  if diff == 0:
+    return 0.0, 1.0
+  return math.copysign(math.inf, diff), 0.0
+
+
+def delong_ci(labels, scores, level: float = 0.95, patients=None, method: str | None = None,
+              resamples: int = 2000, seed: int = 0) -> dict:
+  """AUC with its standard error and confidence interval; DeLong's (pROC ``ci.auc``) by default.
+
+  ``patients`` (one id per image): when a patient has several images the default ``method`` is
+  ``"obuchowski"`` (clustered.py: the patient is the unit of independence); with one image per
+  patient it is ``"delong"``, the same figures. ``method="bootstrap"`` resamples patients
+  (``resamples`` times, ``seed``) and gives the percentile interval. Returns ``{"auc", "se",
+  "ci_low", "ci_high", "level", "n_cases", "n_controls", "method", "n_patients"}`` (Python floats
+  and ints; ``n_patients`` None without ``patients``). The DeLong / Obuchowski interval is ``auc +-
+  z((1 + level) / 2) * se`` clipped to [0, 1]; ``se`` and the interval are None when there are
+  fewer than two cases or two controls (patients with one, for the clustered methods).
   """
+  from radimagenet_jax.evaluate import clustered  # pylint: disable=g-import-not-at-top
   if not 0.0 < float(level) < 1.0:
     raise ValueError(f"level must be in (0, 1); got {level!r}.")
-  auc, v10, v01 = structural_components(labels, scores)
-  out = {"auc": float(auc[0]), "se": None, "ci_low": None, "ci_high": None,
-         "level": float(level), "n_cases": int(v10.shape[1]), "n_controls": int(v01.shape[1])}
-  cov = _covariance(v10, v01)
+  y, s = check_binary(labels, scores)
+  method = clustered.method_for(patients, y.size, method)
+  out = {"auc": None, "se": None, "ci_low": None, "ci_high": None, "level": float(level),
+         "n_cases": int(y.sum()), "n_controls": int((~y).sum()), "method": method,
+         "n_patients": None if patients is None else clustered.patient_index(patients, y.size)[1]}
+  if method == "delong":
+    auc, v10, v01 = structural_components(y, s)
+    cov = _covariance(v10, v01)
+  elif method == "obuchowski":
+    auc, cov, _ = clustered.obuchowski_covariance(y, s, patients)
+  else:
+    auc, boot, _ = clustered.bootstrap_aucs(y, s, patients, resamples, seed)
+    lo, hi = np.quantile(boot[:, 0], [(1 - level) / 2, (1 + level) / 2])
+    return dict(out, auc=float(auc[0]), se=float(np.std(boot[:, 0], ddof=1)), ci_low=float(lo),
+                ci_high=float(hi), resamples=int(resamples), seed=int(seed))
+  out["auc"] = float(auc[0])
   if cov is not None:
     se = math.sqrt(max(float(cov[0, 0]), 0.0))
-    half = float(sps.norm.ppf((1.0 + level) / 2.0)) * se
-    out.update(se=se, ci_low=max(0.0, out["auc"] - half), ci_high=min(1.0, out["auc"] + half))
+    lo, hi = _ci_bounds(out["auc"], se, level)
+    out.update(se=se, ci_low=lo, ci_high=hi)
   return out
 
 
-def delong_test(labels, scores_a, scores_b) -> dict:
-  """Paired two-sided DeLong test of two scores on the same examples (pROC ``roc.test``).
+def delong_test(labels, scores_a, scores_b, patients=None, method: str | None = None,
+                resamples: int = 2000, seed: int = 0) -> dict:
+  """Paired two-sided test of two scores on the same examples; DeLong's (pROC ``roc.test``).
 
-  Returns ``{"auc_a", "auc_b", "difference", "var_a", "var_b", "cov", "se_diff", "z", "p_value",
-  "n_cases", "n_controls"}`` with ``z = (auc_a - auc_b) / se_diff``. When the variance of the
-  difference is 0 (e.g. identical scores, or any two scores whose per-example structural components
-  differ by a constant): ``z = 0, p = 1`` if the AUCs are equal, else ``z = +-inf, p = 0``. With
-  fewer than two cases or controls, the variances, ``z`` and ``p_value`` are None.
+  ``patients``, ``method``, ``resamples`` and ``seed`` as in ``delong_ci``: Obuchowski's clustered
+  covariance when a patient has several images, or a paired patient-level bootstrap (pROC's
+  bootstrap ``roc.test``: ``z = D / sd(D*)``). Returns ``{"auc_a", "auc_b", "difference", "var_a",
+  "var_b", "cov", "se_diff", "z", "p_value", "n_cases", "n_controls", "method", "n_patients"}``
+  with ``z = (auc_a - auc_b) / se_diff``. When the variance of the difference is 0 (e.g. identical
+  scores, or any two scores whose per-example structural components differ by a constant): ``z =
+  0, p = 1`` if the AUCs are equal, else ``z = +-inf, p = 0``. With fewer than two cases or
+  controls (patients with one, for the clustered methods), the variances, ``z`` and ``p_value``
+  are None.
   """
+  from radimagenet_jax.evaluate import clustered  # pylint: disable=g-import-not-at-top
   y, a = check_binary(labels, scores_a, "scores_a")
   _, b = check_binary(labels, scores_b, "scores_b")
-  auc, v10, v01 = structural_components(y, np.stack([a, b]))
+  method = clustered.method_for(patients, y.size, method)
+  both = np.stack([a, b])
+  out = {"auc_a": None, "auc_b": None, "difference": None, "var_a": None, "var_b": None,
+         "cov": None, "se_diff": None, "z": None, "p_value": None, "n_cases": int(y.sum()),
+         "n_controls": int((~y).sum()), "method": method,
+         "n_patients": None if patients is None else clustered.patient_index(patients, y.size)[1]}
+  if method == "bootstrap":
+    auc, boot, _ = clustered.bootstrap_aucs(y, both, patients, resamples, seed)
+    diff = float(auc[0] - auc[1])
+    cov = np.cov(boot.T)
+    z, p = _z_p(diff, float(np.std(boot[:, 0] - boot[:, 1], ddof=1)))
+    return dict(out, auc_a=float(auc[0]), auc_b=float(auc[1]), difference=diff,
+                var_a=float(cov[0, 0]), var_b=float(cov[1, 1]), cov=float(cov[0, 1]),
+                se_diff=float(np.std(boot[:, 0] - boot[:, 1], ddof=1)), z=z, p_value=p,
+                resamples=int(resamples), seed=int(seed))
+  if method == "delong":
+    auc, v10, v01 = structural_components(y, both)
+    cov = _covariance(v10, v01)
+    # The variance of the difference straight from the differences of the components: equal to
+    # V1 + V2 - 2 Cov, but exactly 0 (not a rounding residue) when the components coincide.
+    d_cov = None if cov is None else _covariance(v10[:1] - v10[1:], v01[:1] - v01[1:])
+  else:
+    auc, cov, _ = clustered.obuchowski_covariance(y, both, patients)
+    # As for DeLong: the difference's variance from the differences of the patient sums.
+    d_cov = None if cov is None else clustered.obuchowski_difference_variance(y, both, patients)
   diff = float(auc[0] - auc[1])
-  out = {"auc_a": float(auc[0]), "auc_b": float(auc[1]), "difference": diff, "var_a": None,
-         "var_b": None, "cov": None, "se_diff": None, "z": None, "p_value": None,
-         "n_cases": int(v10.shape[1]), "n_controls": int(v01.shape[1])}
-  cov = _covariance(v10, v01)
+  out.update(auc_a=float(auc[0]), auc_b=float(auc[1]), difference=diff)
   if cov is None:
     return out
-  # The variance of the difference straight from the differences of the components: equal to
-  # V1 + V2 - 2 Cov, but exactly 0 (not a rounding residue) when the components coincide.
-  d_cov = _covariance(v10[:1] - v10[1:], v01[:1] - v01[1:])
-  var_diff = max(float(d_cov[0, 0]), 0.0)
+  var_diff = max(float(np.atleast_2d(d_cov)[0, 0]), 0.0)
   se = math.sqrt(var_diff)
-  if se > 0:
-    z = diff / se
-    p = float(2.0 * sps.norm.sf(abs(z)))
-  elif diff == 0:
-    z, p = 0.0, 1.0
-  else:
-    z, p = math.copysign(math.inf, diff), 0.0
+  z, p = _z_p(diff, se)
   out.update(var_a=float(cov[0, 0]), var_b=float(cov[1, 1]), cov=float(cov[0, 1]), se_diff=se,
              z=float(z), p_value=p)
   return out
