@@ -1,11 +1,15 @@
 """Evaluation: AUC with DeLong statistics, classification metrics and the comparison report.
 
+    components.py      input checks and DeLong's structural components (mid-ranks)
     roc.py             AUC, DeLong variance / CI, the paired DeLong test, the ROC curve (pROC rules);
                        with patients=, the patient-level methods of clustered.py
     clustered.py       several images per patient: Obuchowski (1997) and a patient-level bootstrap
     classification.py  binary and multi-class metrics (metrics.json), predictions.csv read / write
     report.py          write_report: recomputes and compares fine-tuning runs or a sweep
-    report_plots.py    the report's pictures (matplotlib, Agg; imported only when drawing)
+    report_summary.py  its summaries: per init, Holm-corrected wins, per-application bootstrap gain,
+                       warnings (chance level, collapsed models, no init beating chance)
+    report_markdown.py report.md
+    report_plots.py    the report's figures, PNG + PDF (matplotlib, Agg; imported only when drawing)
     paired.py          paired statistics of per-image scores (Dice): t-test, Wilcoxon, Shapiro
                        (per patient means first when patients are given)
     command.py         the `evaluate` command: a workdir's checkpoint on a split (uses the engine)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from radimagenet_jax.evaluate import roc
+from radimagenet_jax.evaluate.components import check_binary, structural_components
 
 METHODS = ("delong", "obuchowski", "bootstrap")
 DEFAULT_RESAMPLES = 2000
@@ -65,9 +65,9 @@ def cluster_sums(labels, scores, patients):
   Returns ``(auc (k,), X (k, I), Y (k, I), m (I,), n (I,))``: X the sum of V10 over the patient's
   cases, Y of V01 over its controls, m / n its numbers of cases / controls.
   """
-  y, s = roc.check_binary(labels, scores)
+  y, s = check_binary(labels, scores)
   index, count = patient_index(patients, y.size)
-  auc, v10, v01 = roc.structural_components(y, s)
+  auc, v10, v01 = structural_components(y, s)
   k = v10.shape[0]
   x_sum, y_sum = np.zeros((k, count)), np.zeros((k, count))
   for r in range(k):
@@ -128,6 +128,9 @@ def patient_draws(index: np.ndarray, count: int, labels: np.ndarray, resamples: 
   y = np.asarray(labels, bool)
   has_case = np.bincount(index[y], minlength=count) > 0
   has_ctrl = np.bincount(index[~y], minlength=count) > 0
+  if not has_case.any() or not has_ctrl.any():
+    raise ValueError("a patient-level bootstrap needs both classes; got "
+                     f"{int(y.sum())} cases and {int((~y).sum())} controls.")
   rows = []
   while sum(len(r) for r in rows) < resamples:
     draw = rng.integers(0, count, size=(resamples, count))
@@ -155,11 +158,11 @@ def resampled_aucs(labels: np.ndarray, scores: np.ndarray, index: np.ndarray,
 def bootstrap_aucs(labels, scores, patients, resamples: int = DEFAULT_RESAMPLES,
                    seed: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
   """(auc (k,), resampled AUCs (resamples, k), number of patients): a patient-level bootstrap."""
-  y, s = roc.check_binary(labels, scores)
+  y, s = check_binary(labels, scores)
   s = np.atleast_2d(s)
   index, count = patient_index(patients, y.size)
   counts = patient_draws(index, count, y, int(resamples), int(seed))
-  auc = roc.structural_components(y, s)[0]
+  auc = structural_components(y, s)[0]
   return auc, resampled_aucs(y, s, index, counts), count
 
 
