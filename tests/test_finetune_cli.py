@@ -65,6 +65,10 @@ def test_finetune_keeps_the_lowest_validation_loss_and_predicts_the_test_fold(
   metrics = json.load(open(work / "metrics.json"))
   assert metrics["auc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
   assert metrics["split"] == "test" and metrics["n"] == len(ids)
+  # The Youden threshold is chosen on the validation set (not on test) and applied to test.
+  assert metrics["youden"]["chosen_on"] == "validation"
+  assert metrics["youden"]["tp"] == int(np.sum((scores >= metrics["youden"]["threshold"])
+                                               & (labels == 1)))
 
 
 def test_sweep_resumes_and_report_recomputes_the_paired_delong_test(
@@ -92,7 +96,10 @@ def test_sweep_resumes_and_report_recomputes_the_paired_delong_test(
   ids_a, labels, scores_a = _predictions(run_a)
   ids_b, _, scores_b = _predictions(run_b)
   order = np.argsort(ids_b)[np.argsort(np.argsort(ids_a))]   # align b to a's ids
-  expected = rij.evaluate.delong_test(labels, scores_a, scores_b[order])
+  with open(run_a / "predictions.csv") as f:
+    patients = [r["patient"] for r in csv.DictReader(f)]
+  expected = rij.evaluate.delong_test(labels, scores_a, scores_b[order], patients=patients)
+  assert comparison["test"]["method"] == expected["method"]
   assert comparison["test"]["p_value"] == pytest.approx(expected["p_value"], rel=1e-9)
   assert comparison["auc_a"] == pytest.approx(roc_auc_score(labels, scores_a), abs=1e-12)
 

@@ -24,9 +24,11 @@ from radimagenet_jax.evaluate.classification import (Predictions, binary_metrics
                                                      youden_threshold)
 from radimagenet_jax.evaluate.paired import paired_comparison
 from radimagenet_jax.evaluate.report import write_report
+from radimagenet_jax.evaluate.report_summary import run_warnings
 from radimagenet_jax.evaluate.roc import (delong_ci, delong_test, roc_auc, roc_curve,
                                           structural_components)
 
 __all__ = ["Predictions", "binary_metrics", "classification_metrics", "delong_ci", "delong_test",
            "multiclass_metrics", "paired_comparison", "read_predictions", "roc_auc", "roc_curve",
-           "structural_components", "write_predictions", "write_report", "youden_threshold"]
+           "run_warnings", "structural_components", "write_predictions", "write_report",
+           "youden_threshold"]

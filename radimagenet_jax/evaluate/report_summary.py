@@ -190,3 +190,17 @@ def warnings(report: dict) -> list[str]:
                  f"% AUC CI lies above 0.5, so differences between inits (gains) are not evidence "
                  f"that one initialisation is better.")
   return out
+
+
+def run_warnings(metrics: dict, probs) -> list[str]:
+  """What a single run's summary flags: an AUC CI including 0.5, a collapsed model."""
+  out = []
+  lo, hi = metrics.get("ci_low"), metrics.get("ci_high")
+  if lo is not None and lo <= 0.5 <= hi:
+    out.append(f"CHANCE LEVEL: the test AUC's CI [{lo:.3f}, {hi:.3f}] includes 0.5; this model "
+               f"is not shown to discriminate at all.")
+  spread = float(np.max(np.ptp(np.asarray(probs, np.float64), axis=0))) if len(probs) else None
+  if spread is not None and spread < COLLAPSE_TOLERANCE:
+    out.append(f"COLLAPSED MODEL: every test image gets (almost) the same score (max - min "
+               f"{spread:.2g} < {COLLAPSE_TOLERANCE:g}).")
+  return out
