@@ -61,6 +61,9 @@ def get_config(arg=None):
   c.preprocess = "auto"                # auto (the weights') | radimagenet | caffe | imagenet | tf
   c.batch_size = 16
   c.num_classes = 0                    # 0: from the dataset's label feature
+  # Weights of a fine-tuning run (its splits.json): images of its training or validation set are
+  # refused (left out and counted); True keeps them, and their Dice is then optimistic.
+  c.allow_seen_images = False
 
   # Models (model_b.name == "": one model, no paired statistics).
   c.model_a = _model(settings.get("model_a", "resnet50"), "A", 0)

@@ -146,10 +146,13 @@ def test_cli_run_end_to_end_statistics_match_csv(demo_data_dir, tmp_path, capsys
   assert summary["settings"]["comparison"] == ">="
   assert [r["mask_empty"] == "True" for r in rows if r["model"] == "A"] == empty
   keep = [r for r in rows if r["mask_empty"] == "False"]
-  da = np.array([float(r["dice"]) for r in keep if r["model"] == "A"])
-  db = np.array([float(r["dice"]) for r in keep if r["model"] == "B"])
+  # The paired statistics run on per-patient means (the unit of independence).
+  patients = list(dict.fromkeys(r["patient"] for r in keep))
+  assert all(patients)
+  da, db = (np.array([np.mean([float(r["dice"]) for r in keep if r["model"] == m
+                               and r["patient"] == p]) for p in patients]) for m in "AB")
   s = summary["comparison"]["dice"]
-  assert s["n"] == 12 - sum(empty)
+  assert s["unit"] == "patient" and s["n"] == len(patients) and s["n_images"] == 12 - sum(empty)
   assert s["A"]["mean"] == pytest.approx(da.mean()) and s["B"]["sd"] == pytest.approx(db.std(ddof=1))
   if s["ttest_rel"] is not None:
     assert s["ttest_rel"]["pvalue"] == pytest.approx(sps.ttest_rel(da, db).pvalue)
@@ -163,8 +166,9 @@ def test_cli_run_end_to_end_statistics_match_csv(demo_data_dir, tmp_path, capsys
   out = capsys.readouterr().out.splitlines()
   assert "gradcam: 12/12 images" in "\n".join(out)
   assert any(l.startswith("  A (resnet50, random init (seed 0), preprocess radimagenet") and
-             f"Dice {s['A']['mean']:.3f}" in l for l in out)
-  assert any(l.startswith("  A vs B: Dice difference") and " p = " in l for l in out)
+             f"Dice {summary['models']['A']['dice']['mean']:.3f}" in l for l in out)
+  assert any(l.startswith("  A vs B: Dice difference") and " p = " in l
+             and f"(n={len(patients)} patients, per-patient means)" in l for l in out)
   assert out[-5:] == [f"wrote {work / 'per_image.csv'}", f"wrote {work / 'summary.json'}",
                       f"wrote {work / 'overlays'}{os.sep} (4 PNG)", f"wrote {work / 'panel.png'}",
                       f"wrote {work / 'config.json'}"]
@@ -292,3 +296,40 @@ def test_keras_file_weights_keep_a_matching_classifier_and_their_preprocessing(t
   (created,) = study._create(plans, 2)
   np.testing.assert_array_equal(created["variables"]["params"]["predictions"]["kernel"],
                                 variables["params"]["predictions"]["kernel"])
+
+
+def test_images_of_the_runs_training_or_validation_set_are_refused(demo_data_dir, tmp_path):
+  """Weights of a fine-tuning run (best/ beside its splits.json): the split's images listed in its
+  train or validation set are left out and counted; all of them seen is a one-line error before
+  anything is written; allow_seen_images keeps them."""
+  from radimagenet_jax import checkpoints as checkpoint
+  from radimagenet_jax.data import tfds_source
+  from radimagenet_jax.explain import held_out, study
+  model = rij.models.get_spec("resnet50").module_cls(num_classes=2)
+  variables = random_variables(model, jnp.zeros((1, 32, 32, 3)), seed=3)
+  run = tmp_path / "run"
+  checkpoint.save_variables(run / "best", variables, model_name="resnet50", num_classes=2)
+  raw = tfds_source.open_source("radimagenet_demo/lesion", "test", demo_data_dir, decode=False)
+  ids = [held_out.record_id(raw[i], "test", i) for i in range(6)]
+  c = __import__("configs.gradcam", fromlist=["get_config"]).get_config("demo,tiny,model_b=none")
+  c.data_dir, c.build_dataset = demo_data_dir, False
+  c.image_size, c.max_images, c.batch_size, c.num_overlays = 32, 6, 4, 0
+  c.model_a.weights = str(run / "best")
+
+  def splits(train, validation):
+    (run / "splits.json").write_text(json.dumps({"train": train, "validation": validation,
+                                                 "test": ["elsewhere"]}))
+
+  splits(ids, [])                                     # a call on the fold's training images
+  with pytest.raises(ValueError, match=r"all 6 images of radimagenet_demo/lesion\[test\] are in "
+                     r"the training or validation set of .*splits.json.*allow_seen_images=True"):
+    study.run(c, str(tmp_path / "refused"))
+  assert not (tmp_path / "refused").exists()
+  splits(ids[:3], ids[3:4])
+  summary = study.run(c, str(tmp_path / "kept"))
+  assert summary["held_out"]["n_refused"] == 4 and summary["n_images"] == 2
+  rows = _read_csv(tmp_path / "kept" / "per_image.csv")
+  assert [int(r["index"]) for r in rows] == [4, 5] and {r["id"] for r in rows}.isdisjoint(ids[:4])
+  c.allow_seen_images = True
+  summary = study.run(c, str(tmp_path / "allowed"))
+  assert summary["n_images"] == 6 and summary["held_out"]["allowed"]
