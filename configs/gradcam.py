@@ -14,6 +14,8 @@ The ``:arg`` is a comma-separated list of variants and ``key=value`` settings:
   ddti          ddti test split (idem)
   tiny          16 images at 64x64, for tests and smoke runs
   model_a=NAME, model_b=NAME   architectures (model_b=none: one model, no comparison)
+Over a sweep (the paper's Figure 5): ``--config.sweep=runs/sweep`` explains each finished run's own
+held-out test images with its best checkpoint, Dice per init averaged over scenarios.
 Weights: ``--config.model_a.weights=`` an Orbax checkpoint dir (training workdir or `convert` output)
 or a Keras .h5 file; empty = random init (seed ``model_a.seed``).
 Preprocessing: ``preprocess='auto'`` (default) uses what each model's weights record
@@ -64,6 +66,9 @@ def get_config(arg=None):
   # Weights of a fine-tuning run (its splits.json): images of its training or validation set are
   # refused (left out and counted); True keeps them, and their Dice is then optimistic.
   c.allow_seen_images = False
+  # A sweep workdir (or one fine-tuning run): every finished run explains its own held-out test
+  # images with its best checkpoint (model_a / model_b, dataset and split are then unused).
+  c.sweep = ""
 
   # Models (model_b.name == "": one model, no paired statistics).
   c.model_a = _model(settings.get("model_a", "resnet50"), "A", 0)

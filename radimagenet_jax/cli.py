@@ -169,8 +169,8 @@ def _report_lines(rep) -> list[str]:
 
 def _gradcam(argv):
   config, workdir = _config_command(argv, "gradcam")
-  from radimagenet_jax.explain import study
-  study.run(config, workdir, verbose=True)
+  from radimagenet_jax.explain import study, sweep_cam
+  (sweep_cam.run if config.get("sweep") else study.run)(config, workdir, verbose=True)
 
 
 def _convert(argv):

@@ -66,16 +66,24 @@ def write(workdir, config, labels, pictures, names) -> list[str]:
   if n_overlays:
     written.append(f"{os.path.join(workdir, 'overlays')}{os.sep} ({n_overlays} PNG)")
   if len(labels) == 2 and config.panel_rows:
-    rows = panel_rows(pictures, config)
-    a, b = labels
-    excluded = [_score(p, a, config)[1] for p in rows]
-    plots.panel([p["image"] for p in rows], [p["mask"] for p in rows],
-                [p["maps"][a] for p in rows], [p["maps"][b] for p in rows], names=(a, b),
-                dice_a=[p["dice"][a] for p in rows], dice_b=[p["dice"][b] for p in rows],
-                row_titles=[f"{image_title(p)}\nlabel {_name(names, p['label'])}" for p in rows],
-                regions_a=[p["region"][a] for p in rows], regions_b=[p["region"][b] for p in rows],
-                captions_a=[prediction(p, a, names) for p in rows],
-                captions_b=[prediction(p, b, names) for p in rows], excluded=excluded,
-                cmap=config.colormap, path=os.path.join(workdir, "panel.png"))
+    panel(config, labels, pictures, names, os.path.join(workdir, "panel.png"))
     written.append(os.path.join(workdir, "panel.png"))
   return written
+
+
+def panel(config, labels, pictures, names, path):
+  """The Figure-5-like panel of two models (``labels``) on ``pictures``: written to ``path``, or
+  returned as a figure when ``path`` is None."""
+  rows = panel_rows(pictures, config)
+  a, b = labels
+  excluded = [_score(p, a, config)[1] for p in rows]
+  return plots.panel([p["image"] for p in rows], [p["mask"] for p in rows],
+                     [p["maps"][a] for p in rows], [p["maps"][b] for p in rows], names=(a, b),
+                     dice_a=[p["dice"][a] for p in rows], dice_b=[p["dice"][b] for p in rows],
+                     row_titles=[f"{image_title(p)}\nlabel {_name(names, p['label'])}"
+                                 for p in rows],
+                     regions_a=[p["region"][a] for p in rows],
+                     regions_b=[p["region"][b] for p in rows],
+                     captions_a=[prediction(p, a, names) for p in rows],
+                     captions_b=[prediction(p, b, names) for p in rows], excluded=excluded,
+                     cmap=config.colormap, path=path)

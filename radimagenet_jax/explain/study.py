@@ -3,16 +3,18 @@
 Outputs in the workdir (a new or empty folder, or a previous gradcam run whose outputs are replaced;
 a workdir holding another command's run is refused before anything is written, see checks.py):
   per_image.csv   one row per (image, model): index, id, patient, model, architecture, label, target,
-                  predicted, prob_target, dice, iou, mask_empty, mask_resized, pred_pixels,
-                  mask_pixels
+                  predicted, prob_target, dice, iou, map_std, mask_empty, mask_resized,
+                  pred_pixels, mask_pixels
   summary.json    settings, counts (images, empty masks, resized masks), per-model Dice/IoU mean and
                   SD, preprocessing and where it came from, with two models the paired
                   statistics (stats.paired_comparison, on per-patient means when the records
-                  have a patient_id), and held_out (images refused as seen in training)
+                  have a patient_id), held_out (images refused as seen in training, held_out.py)
+                  and warnings (collapsed, constant Grad-CAM maps)
   overlays/<model>_<index>.png   heat map, mask and thresholded-region outlines, label, prediction,
                   colour bar, for the first config.num_overlays images
   panel.png       the paper's Figure 5 layout for two models (rows = images with a lesion first)
   config.json     the config used
+Over a sweep (``config.sweep``): sweep_cam.py.
 
 Records are read from the TFDS source directly (not through the grain loader) so that the original
 image and mask sizes are known; they are resized and preprocessed with the training pipeline's own
@@ -39,6 +41,9 @@ from radimagenet_jax.explain import pictures as pictures_lib
 from radimagenet_jax.explain import regions as sm
 
 ID_KEYS = ("source_id", "file_name", "patient_id")
+# A Grad-CAM map whose SD over its pixels is below this is constant: no localisation at all (e.g. a
+# 1x1 feature map at a small input, or a collapsed model); its Dice only measures the mask's size.
+MAP_STD_TOLERANCE = 1e-3
 TARGETS = checks.TARGETS
 
 
@@ -147,10 +152,12 @@ def run(config, workdir: str, verbose: bool = False):
         reporter.line(f"gradcam: {m['label']} = {m['name']} ({m['weights']}), preprocess "
                       f"{m['preprocess']} ({m['preprocess_origin']}), layer {m['layer']}")
     result = _compute(source, config, models_, reporter)
-  summary = dict(_summary(config, models_, *result[:3], patients=result[5]), held_out=seen)
+  summary = dict(_summary(config, models_, *result[:3], patients=result[5]), held_out=seen,
+                 warnings=map_warnings(result[3], "model"))
   files = _write(workdir, config, models_, summary, result[3], result[4], names)
   if verbose:
-    for line in console.summary_lines(summary) + [f"wrote {f}" for f in files]:
+    for line in ([f"WARNING: {w}" for w in summary["warnings"]] + console.summary_lines(summary)
+                 + [f"wrote {f}" for f in files]):
       print(line)
   logging.info("Grad-CAM summary: %s", json.dumps(summary["models"]))
   return summary
@@ -185,7 +192,8 @@ def _compute(source, config, models_, reporter):
                      "architecture": m["name"], "label": int(batch["labels"][j]),
                      "target": int(targets[j]), "predicted": int(probs[j].argmax()),
                      "prob_target": float(probs[j, targets[j]]), "dice": float(dice[j]),
-                     "iou": float(iou[j]), "mask_empty": bool(empty_b[j]),
+                     "iou": float(iou[j]), "map_std": float(maps[j].std()),
+                     "mask_empty": bool(empty_b[j]),
                      "mask_resized": bool(batch["resized"][j]), "pred_pixels": int(pred[j].sum()),
                      "mask_pixels": int(batch["masks"][j].sum())})
     reporter.advance(v)
@@ -200,6 +208,19 @@ def _compute(source, config, models_, reporter):
                        **{k: {lab: t[i][j] for lab, t in seen.items()}
                           for i, k in enumerate(("maps", "dice", "region", "probs"))}})
   return per, np.concatenate(empty), np.concatenate(resized), rows, pictures, patients
+
+
+def map_warnings(rows, key: str) -> list[str]:
+  """A warning per model (rows grouped by ``key``) whose Grad-CAM maps are mostly constant."""
+  out = []
+  for name in dict.fromkeys(r[key] for r in rows):
+    stds = [r["map_std"] for r in rows if r[key] == name]
+    flat = sum(s < MAP_STD_TOLERANCE for s in stds)
+    if stds and flat >= len(stds) / 2:
+      out.append(f"COLLAPSED GRAD-CAM: {flat} of {len(stds)} maps of {name} are constant (pixel "
+                 f"SD < {MAP_STD_TOLERANCE:g}); its Dice measures the mask's size, not where the "
+                 f"model looks (a too small input for the layer, or a collapsed model).")
+  return out
 
 
 def _summary(config, models_, per, empty, resized, patients=None):
