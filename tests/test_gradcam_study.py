@@ -57,7 +57,8 @@ def test_command_pictures_titles_are_unique_and_mark_excluded_images(tmp_path, m
   drawn = []
   for fn in ("overlay", "panel"):
     original = getattr(plots, fn)
-    monkeypatch.setattr(plots, fn, lambda *a, _f=original, **k: drawn.append(_f(*a, **k)))
+    monkeypatch.setattr(plots, fn,
+                        lambda *a, _f=original, **k: drawn.append(_f(*a, **k)) or drawn[-1])
   rng = np.random.default_rng(0)
   mask = np.zeros((16, 16), bool)
   mask[4:9, 4:9] = True
@@ -75,7 +76,8 @@ def test_command_pictures_titles_are_unique_and_mark_excluded_images(tmp_path, m
   c.num_overlays, c.panel_rows = 3, 3
   written = pictures.write(str(tmp_path), c, ["A", "B"], [picture(3, True), picture(4, False),
                                                         picture(5, False)], ["benign", "malignant"])
-  assert written == [f"{tmp_path / 'overlays'}{os.sep} (6 PNG)", str(tmp_path / "panel.png")]
+  assert written == [f"{tmp_path / 'overlays'}{os.sep} (6 PNG)", str(tmp_path / "panel.png"),
+                     str(tmp_path / "panel.pdf")]
   overlay_titles = [plots.titles(f)[0] for f in drawn[:6]]
   assert len(set(overlay_titles)) == 6
   assert overlay_titles[0] == ("A  #3 src7  excluded (empty mask)\n"
@@ -169,9 +171,13 @@ def test_cli_run_end_to_end_statistics_match_csv(demo_data_dir, tmp_path, capsys
              f"Dice {summary['models']['A']['dice']['mean']:.3f}" in l for l in out)
   assert any(l.startswith("  A vs B: Dice difference") and " p = " in l
              and f"(n={len(patients)} patients, per-patient means)" in l for l in out)
-  assert out[-5:] == [f"wrote {work / 'per_image.csv'}", f"wrote {work / 'summary.json'}",
+  assert out[-6:] == [f"wrote {work / 'per_image.csv'}", f"wrote {work / 'summary.json'}",
                       f"wrote {work / 'overlays'}{os.sep} (4 PNG)", f"wrote {work / 'panel.png'}",
-                      f"wrote {work / 'config.json'}"]
+                      f"wrote {work / 'panel.pdf'}", f"wrote {work / 'config.json'}"]
+  from PIL import Image
+  with Image.open(work / "panel.png") as im:
+    assert im.info["Title"] == "Grad-CAM A vs B"
+  assert (work / "panel.pdf").read_bytes().startswith(b"%PDF")
 
 
 def test_run_resizes_mismatched_masks_and_counts_them(monkeypatch, tmp_path):

@@ -172,3 +172,13 @@ def test_chance_and_collapsed_models_are_flagged(tmp_path):
   rep = write_report(good, resamples=20)
   assert not any("NO INIT" in w or "COLLAPSED" in w for w in rep["warnings"])
   assert rep["scenarios"][0]["inits"]["radimagenet"]["method"] == "delong"
+
+
+def test_run_warnings_flag_chance_and_collapse():
+  from radimagenet_jax.evaluate import run_warnings
+  probs = np.array([[0.4, 0.6], [0.3, 0.7]])
+  assert run_warnings({"ci_low": 0.62, "ci_high": 0.9}, probs) == []
+  chance = run_warnings({"ci_low": 0.41, "ci_high": 0.73}, probs)
+  assert len(chance) == 1 and chance[0].startswith("CHANCE LEVEL: the test AUC's CI [0.410, 0.730]")
+  flat = run_warnings({"ci_low": None, "ci_high": None}, np.full((5, 2), 0.5) + [0, 1e-5])
+  assert len(flat) == 1 and flat[0].startswith("COLLAPSED MODEL")

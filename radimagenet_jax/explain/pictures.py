@@ -53,7 +53,8 @@ def panel_rows(pictures, config):
 
 
 def write(workdir, config, labels, pictures, names) -> list[str]:
-  """Writes overlays/<model>_<index>.png and (two models) panel.png; returns what was written
+  """Writes overlays/<model>_<index>.png and (two models) panel.png + panel.pdf; returns what was
+  written
   (the overlays as one 'overlays/ (N PNG)' entry)."""
   written, n_overlays = [], 0
   for p in pictures[:config.num_overlays]:
@@ -66,9 +67,20 @@ def write(workdir, config, labels, pictures, names) -> list[str]:
   if n_overlays:
     written.append(f"{os.path.join(workdir, 'overlays')}{os.sep} ({n_overlays} PNG)")
   if len(labels) == 2 and config.panel_rows:
-    panel(config, labels, pictures, names, os.path.join(workdir, "panel.png"))
-    written.append(os.path.join(workdir, "panel.png"))
+    written += save_panel(panel(config, labels, pictures, names, None),
+                          os.path.join(workdir, "panel.png"), f"Grad-CAM {labels[0]} vs {labels[1]}")
   return written
+
+
+def save_panel(fig, path: str, title: str) -> list[str]:
+  """Writes a panel figure as PNG and as vector PDF beside it (Title metadata); closes it."""
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  pdf = os.path.splitext(path)[0] + ".pdf"
+  fig.savefig(path, format="png", metadata={"Title": title, "Software": "radimagenet-jax gradcam"})
+  fig.savefig(pdf, metadata={"Title": title, "Creator": "radimagenet-jax gradcam"})
+  plt.close(fig)
+  return [path, pdf]
 
 
 def panel(config, labels, pictures, names, path):

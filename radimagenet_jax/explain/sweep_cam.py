@@ -203,9 +203,6 @@ def _write(workdir, config, rows, summary, panel, inits, names) -> list[str]:
     merged = [dict(pa, **{k: {a: pa[k][a], b: pb[k][b]} for k in ("maps", "dice", "region",
                                                                   "probs")})
               for pa, pb in zip(pics[a], pics[b])]
-    fig = pictures_lib.panel(config, [a, b], merged, names, None)
-    fig.savefig(path("panel.png"), format="png", dpi=200,
-                metadata={"Title": f"Grad-CAM {a} vs {b}", "Software": "radimagenet-jax gradcam"})
-    fig.savefig(path("panel.pdf"), metadata={"Title": f"Grad-CAM {a} vs {b}"})
-    files += [path("panel.png"), path("panel.pdf")]
+    files += pictures_lib.save_panel(pictures_lib.panel(config, [a, b], merged, names, None),
+                                     path("panel.png"), f"Grad-CAM {a} vs {b} (held-out images)")
   return files + [path("config.json")]
