@@ -152,7 +152,8 @@ def _report_lines(rep) -> list[str]:
         lines.append(f"{app['dataset']}: {c['a']} vs {c['b']}: mean AUC {c['mean_auc_a']:.3f} vs "
                      f"{c['mean_auc_b']:.3f}, gain {100 * c['gain']:+.1f}% [95% CI "
                      f"{100 * c['gain_ci_low']:+.1f}%, {100 * c['gain_ci_high']:+.1f}%], p = "
-                     f"{c['p_value']:.2g} (patient bootstrap, {app['n_patients']} patients)")
+                     f"{c['p_value']:.2g} (patient bootstrap, {app['n_patients']} patients)"
+                     + ("" if c["p_value"] < 0.05 else ": NOT significant"))
   for init, s in (rep.get("summary") or {}).items():
     if s.get("mean") is not None:
       sd = "" if s.get("sd") is None else f" +- {s['sd']:.3f}"

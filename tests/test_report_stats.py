@@ -166,6 +166,8 @@ def test_chance_and_collapsed_models_are_flagged(tmp_path):
   assert "resnet50-top10-imagenet-fold0" in text
   md = open(os.path.join(root, "report.md")).read()
   assert md.index("## WARNINGS") < md.index("## AUC per init")
+  assert rep["applications"][0]["comparisons"][0]["p_value"] >= 0.05
+  assert "**not significant** (p >= 0.05)" in md
   assert "**NO INIT BEATS CHANCE" in md
   good = str(tmp_path / "good")
   _sweep(good, strength=(3.0, 3.0), per_patient=1)

@@ -113,9 +113,16 @@ def _applications(report: dict) -> list:
                   [[i, r["n_scenarios"], _f(r["mean_auc"]),
                     f"[{_f(r['ci_low'])}, {_f(r['ci_high'])}]"] for i, r in app["inits"].items()])
     out += _table(["a vs b", "scenarios", "mean AUC a", "mean AUC b", "gain [95% CI]", "p",
-                   "a better (Holm)", "b better (Holm)", "tested"],
+                   "verdict", "a better (Holm)", "b better (Holm)", "tested"],
                   [[f"{c['a']} vs {c['b']}", c["n_scenarios"], _f(c["mean_auc_a"]),
                     _f(c["mean_auc_b"]), f"{_pct(c['gain'])} [{_pct(c['gain_ci_low'])}, "
-                    f"{_pct(c['gain_ci_high'])}]", _p(c["p_value"]), c["a_better_holm"],
+                    f"{_pct(c['gain_ci_high'])}]", _p(c["p_value"]), _verdict(c["p_value"]),
+                    c["a_better_holm"],
                     c["b_better_holm"], c["n_tested"]] for c in app["comparisons"]])
   return out
+
+
+def _verdict(p) -> str:
+  if p is None:
+    return "not tested"
+  return "significant (p < 0.05)" if p < 0.05 else "**not significant** (p >= 0.05)"

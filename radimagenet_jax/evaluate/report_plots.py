@@ -68,7 +68,8 @@ def _roc_figure(report: dict, pooled: dict, path: str) -> list:
   cols = min(4, len(scenarios))
   rows = math.ceil(len(scenarios) / cols)
   side = min(WIDTH / cols, 2.6)
-  fig, axes = plt.subplots(rows, cols, figsize=(side * cols, side * rows + 0.1), squeeze=False)
+  fig, axes = plt.subplots(rows, cols, figsize=(side * cols, (side + 0.35) * rows + 0.5),
+                           squeeze=False)
   colors = _colors(report["inits"])
   for ax in axes.flat[len(scenarios):]:
     ax.set_axis_off()
@@ -109,7 +110,8 @@ def _roc_figure(report: dict, pooled: dict, path: str) -> list:
              fontsize=7, frameon=False, bbox_to_anchor=(0.5, 1.0))
   fig.text(0.5, 0.0, "Curves: mean over folds (band ±1 SD); AUC: pooled out-of-fold (fold mean ± "
            "SD)", fontsize=6, ha="center", va="bottom")
-  fig.tight_layout(pad=0.4, w_pad=0.6, h_pad=0.8, rect=(0, 0.03, 1, 1 - 0.25 / fig.get_figheight()))
+  height = fig.get_figheight()   # the legend and the footnote keep 0.25 in each, whatever the rows
+  fig.tight_layout(pad=0.4, w_pad=0.6, h_pad=1.4, rect=(0, 0.2 / height, 1, 1 - 0.25 / height))
   return _save(fig, path, "ROC curves and AUC per scenario: mean over folds, band +-1 SD, per init")
 
 
