@@ -1,8 +1,8 @@
 """Evaluation: AUC with DeLong statistics, classification metrics and the comparison report.
 
     components.py      input checks and DeLong's structural components (mid-ranks)
-    roc.py             AUC, DeLong variance / CI, the paired DeLong test, the ROC curve (pROC rules);
-                       with patients=, the patient-level methods of clustered.py
+    roc.py             AUC, DeLong variance / CI, the paired DeLong test, the ROC curve (pROC
+                       rules); with patients=, the patient-level methods of clustered.py
     clustered.py       several images per patient: Obuchowski (1997) and a patient-level bootstrap
     classification.py  binary and multi-class metrics (metrics.json), predictions.csv read / write
     report.py          write_report: recomputes and compares fine-tuning runs or a sweep

@@ -3,8 +3,8 @@
 ``classification_metrics(labels, probs)`` is what a fine-tuning run saves as metrics.json: with two
 classes, the binary metrics of the class-1 probability (AUC with DeLong CI; accuracy, sensitivity,
 specificity, PPV, NPV and the confusion matrix at 0.5, at the Youden point and at a target
-sensitivity, those two thresholds chosen on the validation set when it is given); with more, accuracy,
-the confusion matrix and one-vs-rest AUCs with their macro mean. ``read_predictions`` and
+sensitivity, those two thresholds chosen on the validation set when it is given); with more,
+accuracy, the confusion matrix and one-vs-rest AUCs with their macro mean. ``read_predictions`` and
 ``write_predictions`` handle predictions.csv: ``id,patient,label,score_0,...,score_{K-1}``.
 
 Every result holds plain Python floats, ints, lists and None (JSON-ready); a ratio whose denominator

@@ -47,8 +47,8 @@ def _load_run(run_dir: str, name: str, row: dict | None = None) -> dict:
   row = row or {}
   get = lambda k: info.get(k, row.get(k))  # noqa: E731  (run.json first, results.csv second)
   lr = get("lr")
-  run = {"run": name, "dir": run_dir, "dataset": get("dataset"), "model": get("model"), "init": get("init"),
-         "freeze": get("freeze"), "lr": None if lr in (None, "") else float(lr),
+  run = {"run": name, "dir": run_dir, "dataset": get("dataset"), "model": get("model"),
+         "init": get("init"), "freeze": get("freeze"), "lr": None if lr in (None, "") else float(lr),
          "fold": _fold(get("fold")), "scenario": info.get("scenario"),
          "class_names": info.get("class_names"), "preds": None, "reason": None}
   pred_path = os.path.join(run_dir, "predictions.csv")
@@ -264,7 +264,8 @@ def write_report(paths, out_dir=None, baseline: str | None = None, resamples: in
     slot = groups.setdefault(key, {}).setdefault(r["init"], {})
     if r["fold"] in slot:
       raise ValueError(f"runs {slot[r['fold']]['run']} and {r['run']} have the same data set, "
-                       f"init, model, freeze, lr and fold; give them different init labels in run.json.")
+                       f"init, model, freeze, lr and fold; give them different init labels in "
+                       f"run.json.")
     slot[r["fold"]] = r
   missing = [{k: r[k] for k in ("run", "dataset", "init", "model", "freeze", "lr", "fold", "status",
                                 "reason")} for r in runs if r["preds"] is None]

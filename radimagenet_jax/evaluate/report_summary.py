@@ -1,4 +1,4 @@
-"""The report's summaries over scenarios: per init, per comparison (Holm), per application, warnings.
+"""The report's summaries: per init, per comparison (Holm), per application, and its warnings.
 
 * ``summaries``: per init the scenario AUCs described (the paper's Table 2 rows); per comparison
   the gains, the per-scenario paired tests with Holm's step-down correction within each
