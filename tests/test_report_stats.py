@@ -184,3 +184,26 @@ def test_run_warnings_flag_chance_and_collapse():
   assert len(chance) == 1 and chance[0].startswith("CHANCE LEVEL: the test AUC's CI [0.410, 0.730]")
   flat = run_warnings({"ci_low": None, "ci_high": None}, np.full((5, 2), 0.5) + [0, 1e-5])
   assert len(flat) == 1 and flat[0].startswith("COLLAPSED MODEL")
+
+
+def test_a_gradcam_run_over_the_sweep_is_summarised_in_the_report(tmp_path):
+  root = str(tmp_path / "sweep")
+  _sweep(root)
+  cam = os.path.join(root, "gradcam")
+  os.makedirs(cam)
+  Image.new("RGB", (8, 8)).save(os.path.join(cam, "panel.png"))
+  dice = {"n": 20, "unit": "patient", "difference": {"mean": 0.05}, "recommended_test":
+          "ttest_rel", "ttest_rel": {"pvalue": 0.2}}
+  with open(os.path.join(cam, "summary.json"), "w") as f:
+    json.dump({"sweep": os.path.abspath(root), "n_runs": 8, "init_order": INITS,
+               "inits": {"radimagenet": {"n_scenarios": 2, "mean_dice": 0.31},
+                         "imagenet": {"n_scenarios": 2, "mean_dice": 0.26}},
+               "comparisons": [{"a": "radimagenet", "b": "imagenet", "dice": dice}],
+               "warnings": ["COLLAPSED GRAD-CAM: 10 of 10 maps of imagenet are constant"]}, f)
+  rep = write_report(root, resamples=20)
+  (g,) = rep["gradcam"]
+  assert g["inits"]["radimagenet"]["mean_dice"] == 0.31 and g["panel"] == "gradcam/panel.png"
+  assert any(w.startswith("COLLAPSED GRAD-CAM") for w in rep["warnings"])
+  md = open(os.path.join(root, "report.md")).read()
+  assert "## Grad-CAM Dice over the sweep" in md and "![Grad-CAM panel](gradcam/panel.png)" in md
+  assert "| radimagenet vs imagenet | 20 | 0.050 | ttest_rel | 0.2000 | **not significant**" in md

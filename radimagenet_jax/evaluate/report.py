@@ -285,6 +285,9 @@ def write_report(paths, out_dir=None, baseline: str | None = None, resamples: in
             "applications": applications, "scenarios": scenarios, "missing": missing,
             "notes": notes, "files": []}
   report["warnings"] = report_summary.warnings(report)
+  report["gradcam"] = report_summary.gradcam_runs(paths[0]) if kind == "sweep" else []
+  report["warnings"] += [f"{w} (gradcam in {g['dir']})" for g in report["gradcam"]
+                         for w in g["warnings"]]
   os.makedirs(out_dir, exist_ok=True)
   report["files"] = report_plots.draw(report, pooled, out_dir)
   report["files"] += [os.path.join(report["out_dir"], f) for f in ("report.md", "report.json")]

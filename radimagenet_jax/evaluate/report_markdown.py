@@ -41,6 +41,7 @@ def markdown(report: dict) -> str:
           "patient). Per-scenario P values are also given Holm-corrected within each application.",
           ""]
   out += _applications(report)
+  out += _gradcam(report)
   out += ["## AUC per init over scenarios", ""] + _table(
       ["init", "scenarios", "mean AUC", "SD", "min", "max"],
       [[i, s["n"], _f(s["mean"]), _f(s["sd"]), _f(s["min"]), _f(s["max"])]
@@ -126,3 +127,27 @@ def _verdict(p) -> str:
   if p is None:
     return "not tested"
   return "significant (p < 0.05)" if p < 0.05 else "**not significant** (p >= 0.05)"
+
+
+def _gradcam(report: dict) -> list:
+  """Grad-CAM over the sweep (`gradcam --config.sweep`), when it was run into a sub-folder."""
+  out = []
+  for g in report.get("gradcam") or []:
+    out += [f"## Grad-CAM Dice over the sweep (`{g['dir']}`)", "",
+            f"{g['n_runs']} runs, each on its own held-out test images with its best checkpoint. "
+            "Dice per init: the mean over scenarios of each scenario's mean Dice (the paper's "
+            "Figure 5); paired test on per-patient means of the scenario-averaged Dice.", ""]
+    out += _table(["init", "scenarios", "mean Dice"],
+                  [[i, r.get("n_scenarios"), _f(r.get("mean_dice"))] for i, r in g["inits"].items()])
+    rows = []
+    for c in g["comparisons"]:
+      d = c.get("dice") or {}
+      test = d.get("recommended_test")
+      p = (d.get(test) or {}).get("pvalue") if test else None
+      rows.append([f"{c['a']} vs {c['b']}", d.get("n", 0), _f((d.get("difference") or {})
+                                                               .get("mean")), test or "–", _p(p),
+                   _verdict(p)])
+    out += _table(["a vs b", "patients", "mean Dice difference", "test", "p", "verdict"], rows)
+    if g.get("panel"):
+      out += [f"![Grad-CAM panel]({g['panel']})", ""]
+  return out

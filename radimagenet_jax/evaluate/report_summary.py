@@ -17,6 +17,9 @@
 """
 from __future__ import annotations
 
+import json
+import os
+
 import numpy as np
 from scipy import stats as sps
 
@@ -203,4 +206,25 @@ def run_warnings(metrics: dict, probs) -> list[str]:
   if spread is not None and spread < COLLAPSE_TOLERANCE:
     out.append(f"COLLAPSED MODEL: every test image gets (almost) the same score (max - min "
                f"{spread:.2g} < {COLLAPSE_TOLERANCE:g}).")
+  return out
+
+
+def gradcam_runs(sweep_dir: str) -> list[dict]:
+  """The `gradcam --config.sweep` outputs of this sweep (its sub-folders holding a summary.json
+  whose "sweep" is this directory): their Dice per init, comparisons and panel, for report.md."""
+  sweep_dir = os.path.abspath(sweep_dir)
+  out = []
+  for name in sorted(os.listdir(sweep_dir)) if os.path.isdir(sweep_dir) else []:
+    path = os.path.join(sweep_dir, name, "summary.json")
+    try:
+      with open(path) as f:
+        data = json.load(f)
+    except (OSError, ValueError):
+      continue
+    if isinstance(data, dict) and data.get("sweep") == sweep_dir and "init_order" in data:
+      panel = os.path.join(name, "panel.png")
+      out.append({"dir": os.path.join(sweep_dir, name), "inits": data.get("inits") or {},
+                  "comparisons": data.get("comparisons") or [], "warnings":
+                  data.get("warnings") or [], "n_runs": data.get("n_runs"),
+                  "panel": panel if os.path.isfile(os.path.join(sweep_dir, panel)) else None})
   return out
