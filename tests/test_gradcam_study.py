@@ -339,3 +339,24 @@ def test_images_of_the_runs_training_or_validation_set_are_refused(demo_data_dir
   c.allow_seen_images = True
   summary = study.run(c, str(tmp_path / "allowed"))
   assert summary["n_images"] == 6 and summary["held_out"]["allowed"]
+
+
+def test_sweep_mode_finds_finished_runs_or_says_what_is_missing(tmp_path):
+  """--config.sweep takes a sweep (its runs/*) or one run; only finished runs with best/,
+  splits.json and config.json count, and none is a one-line error naming what is needed."""
+  from radimagenet_jax.explain import sweep_cam
+  sweep = tmp_path / "sweep"
+  for name, status, complete in (("a-fold0", "done", True), ("b-fold0", "failed", True),
+                                 ("c-fold0", "done", False)):
+    run = sweep / "runs" / name
+    (run / "best").mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"status": status, "init": name[0],
+                                              "model": "resnet50"}))
+    if complete:
+      (run / "splits.json").write_text("{}")
+      (run / "config.json").write_text("{}")
+  assert [r["name"] for r in sweep_cam.find_runs(str(sweep))] == ["a-fold0"]
+  assert [r["name"] for r in sweep_cam.find_runs(str(sweep / "runs" / "a-fold0"))] == ["a-fold0"]
+  with pytest.raises(ValueError, match=r"no finished fine-tuning run \(run.json with status done, "
+                     r"best/, splits.json, config.json\)"):
+    sweep_cam.find_runs(str(sweep / "runs" / "c-fold0"))
