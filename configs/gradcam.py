@@ -17,6 +17,8 @@ The ``:arg`` is a comma-separated list of variants and ``key=value`` settings:
                 split fold0: the held-out fold of a sweep's fold-0 runs (set --config.split=foldK
                 for fold K's runs, whose training set is every other fold)
   model_a=NAME, model_b=NAME   architectures (model_b=none: one model, no comparison)
+Over a sweep (the paper's Figure 5): ``--config.sweep=runs/sweep`` explains each finished run's own
+held-out test images with its best checkpoint, Dice per init averaged over scenarios.
 Weights: ``--config.model_a.weights=`` an Orbax checkpoint dir (training workdir or `convert` output)
 or a Keras .h5 file; empty = random init (seed ``model_a.seed``).
 Preprocessing: ``preprocess='auto'`` (default) uses what each model's weights record
@@ -65,6 +67,12 @@ def get_config(arg=None):
   c.preprocess = "auto"                # auto (the weights') | radimagenet | caffe | imagenet | tf
   c.batch_size = 16
   c.num_classes = 0                    # 0: from the dataset's label feature
+  # Weights of a fine-tuning run (its splits.json): images of its training or validation set are
+  # refused (left out and counted); True keeps them, and their Dice is then optimistic.
+  c.allow_seen_images = False
+  # A sweep workdir (or one fine-tuning run): every finished run explains its own held-out test
+  # images with its best checkpoint (model_a / model_b, dataset and split are then unused).
+  c.sweep = ""
 
   # Models (model_b.name == "": one model, no paired statistics).
   c.model_a = _model(settings.get("model_a", "resnet50"), "A", 0)

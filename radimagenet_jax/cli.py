@@ -138,9 +138,13 @@ def _report(argv):
                  "the first run directory's parent)")
   p.add_argument("--baseline", default=None, help="the init every other init is compared with "
                  "(default: the second in sweep.json, e.g. imagenet)")
+  p.add_argument("--resamples", type=int, default=2000, help="patient-level bootstrap resamples "
+                 "of the per-application gain (default 2000)")
+  p.add_argument("--seed", type=int, default=0, help="seed of that bootstrap (default 0)")
   args = p.parse_args(argv)
   from radimagenet_jax import evaluate
-  rep = evaluate.write_report(args.dirs, out_dir=args.out, baseline=args.baseline)
+  rep = evaluate.write_report(args.dirs, out_dir=args.out, baseline=args.baseline,
+                              resamples=args.resamples, seed=args.seed)
   for summary_line in _report_lines(rep):
     print(summary_line)
   for f in rep["files"]:
@@ -162,6 +166,15 @@ def _audit(argv):
 
 def _report_lines(rep) -> list[str]:
   lines = [n for n in rep.get("notes") or [] if n.startswith("Protocol")]
+  lines += [f"WARNING: {w}" for w in rep.get("warnings") or []]
+  for app in rep.get("applications") or []:
+    for c in app["comparisons"]:
+      if c.get("gain") is not None:
+        lines.append(f"{app['dataset']}: {c['a']} vs {c['b']}: mean AUC {c['mean_auc_a']:.3f} vs "
+                     f"{c['mean_auc_b']:.3f}, gain {100 * c['gain']:+.1f}% [95% CI "
+                     f"{100 * c['gain_ci_low']:+.1f}%, {100 * c['gain_ci_high']:+.1f}%], p = "
+                     f"{c['p_value']:.2g} (patient bootstrap, {app['n_patients']} patients)"
+                     + ("" if c["p_value"] < 0.05 else ": NOT significant"))
   for init, s in (rep.get("summary") or {}).items():
     if s.get("mean") is not None:
       sd = "" if s.get("sd") is None else f" +- {s['sd']:.3f}"
@@ -171,14 +184,15 @@ def _report_lines(rep) -> list[str]:
     if gain is not None:
       lines.append(f"{c['a']} vs {c['b']}: mean gain {100 * gain:+.1f}%, "
                    f"{c.get('a_better_p05', 0)} scenario(s) significantly better, "
-                   f"{c.get('b_better_p05', 0)} worse (paired DeLong, p < 0.05)")
+                   f"{c.get('b_better_p05', 0)} worse (paired test, p < 0.05; after Holm "
+                   f"{c.get('a_better_holm', 0)} better, {c.get('b_better_holm', 0)} worse)")
   return lines
 
 
 def _gradcam(argv):
   config, workdir = _config_command(argv, "gradcam")
-  from radimagenet_jax.explain import study
-  study.run(config, workdir, verbose=True)
+  from radimagenet_jax.explain import study, sweep_cam
+  (sweep_cam.run if config.get("sweep") else study.run)(config, workdir, verbose=True)
 
 
 def _convert(argv):

@@ -148,3 +148,26 @@ def test_read_predictions_rejects_a_bad_header(tmp_path):
   path.write_text("id,label,score_0\na,0,0.5\n")
   with pytest.raises(ValueError, match="expected id,patient,label,score_0"):
     read_predictions(path)
+
+
+def test_thresholds_chosen_on_validation_and_applied_to_test():
+  """Youden and target-sensitivity thresholds by brute force on the validation scores; the test
+  rates at those thresholds by scikit-learn."""
+  yv, sv = _binary(5)
+  yt, st = _binary(6)
+  got = binary_metrics(yt, st, validation=(yv, sv), target_sensitivity=0.8)
+  cands = np.unique(sv)[::-1]
+  j = [np.mean(sv[yv == 1] >= t) + np.mean(sv[yv == 0] < t) - 1 for t in cands]
+  best = cands[int(np.argmax(j))]
+  assert got["youden"]["threshold"] == best and got["youden"]["chosen_on"] == "validation"
+  assert got["youden"]["youden_index"] == pytest.approx(max(j), abs=1e-12)
+  _check_rates(got["youden"], yt, (st >= best).astype(int))
+  sens = max(t for t in cands if np.mean(sv[yv == 1] >= t) >= 0.8)
+  assert got["at_target_sensitivity"]["threshold"] == sens
+  _check_rates(got["at_target_sensitivity"], yt, (st >= sens).astype(int))
+  # Without a validation set the thresholds come from the test set and say so.
+  alone = binary_metrics(yt, st)
+  assert alone["youden"]["chosen_on"].startswith("test (optimistic")
+  one_class = binary_metrics(yt, st, validation=(np.zeros(5, int), np.arange(5.0)))
+  assert "one class" in one_class["youden"]["chosen_on"]
+  json.dumps(got, allow_nan=False)

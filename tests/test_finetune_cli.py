@@ -65,6 +65,10 @@ def test_finetune_keeps_the_lowest_validation_loss_and_predicts_the_test_fold(
   metrics = json.load(open(work / "metrics.json"))
   assert metrics["auc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
   assert metrics["split"] == "test" and metrics["n"] == len(ids)
+  # The Youden threshold is chosen on the validation set (not on test) and applied to test.
+  assert metrics["youden"]["chosen_on"] == "validation"
+  assert metrics["youden"]["tp"] == int(np.sum((scores >= metrics["youden"]["threshold"])
+                                               & (labels == 1)))
 
 
 def test_sweep_resumes_and_report_recomputes_the_paired_delong_test(
@@ -92,9 +96,44 @@ def test_sweep_resumes_and_report_recomputes_the_paired_delong_test(
   ids_a, labels, scores_a = _predictions(run_a)
   ids_b, _, scores_b = _predictions(run_b)
   order = np.argsort(ids_b)[np.argsort(np.argsort(ids_a))]   # align b to a's ids
-  expected = rij.evaluate.delong_test(labels, scores_a, scores_b[order])
+  with open(run_a / "predictions.csv") as f:
+    patients = [r["patient"] for r in csv.DictReader(f)]
+  expected = rij.evaluate.delong_test(labels, scores_a, scores_b[order], patients=patients)
+  assert comparison["test"]["method"] == expected["method"]
   assert comparison["test"]["p_value"] == pytest.approx(expected["p_value"], rel=1e-9)
   assert comparison["auc_a"] == pytest.approx(roc_auc_score(labels, scores_a), abs=1e-12)
+
+  # Grad-CAM over the sweep: each run explains its own held-out test images with its best/.
+  cam = tmp_path / "cam"
+  capsys.readouterr()
+  gradcam_config = os.path.join(os.path.dirname(CONFIG), "gradcam.py")
+  assert cli.main(["gradcam", f"--config={gradcam_config}:tiny", f"--workdir={cam}",
+                   f"--config.sweep={work}", f"--config.data_dir={demo_data_dir}",
+                   "--config.max_images=0"]) == 0
+  out = capsys.readouterr().out
+  summary = json.load(open(cam / "summary.json"))
+  # At 32 px ResNet50's conv5 map is 1x1: every Grad-CAM map is constant, and it says so.
+  assert "WARNING: COLLAPSED GRAD-CAM" in out and len(summary["warnings"]) == 2
+  assert summary["n_runs"] == 2 and summary["init_order"] == ["imagenet", "random"]
+  with open(cam / "per_image.csv") as f:
+    rows = list(csv.DictReader(f))
+  for run in (run_a, run_b):
+    splits = json.load(open(run / "splits.json"))
+    explained = [r["id"] for r in rows if r["run"] == run.name]
+    assert sorted(explained) == sorted(splits["test"])          # held-out images, each once
+    assert not set(explained) & (set(splits["train"]) | set(splits["validation"]))
+  kept = [r for r in rows if r["mask_empty"] == "False"]
+  dice = {i: {r["id"]: float(r["dice"]) for r in kept if r["init"] == i} for i in summary["inits"]}
+  for init in summary["inits"]:                                  # one scenario: its mean
+    assert summary["inits"][init]["mean_dice"] == pytest.approx(np.mean(list(dice[init].values())))
+  patient = {r["id"]: r["patient"] for r in kept}
+  pats = sorted(set(patient.values()))
+  means = {i: [np.mean([d for k, d in dice[i].items() if patient[k] == p]) for p in pats]
+           for i in summary["inits"]}
+  comp = summary["comparisons"][0]["dice"]
+  assert comp["unit"] == "patient" and comp["n"] == len(pats)
+  assert comp["difference"]["mean"] == pytest.approx(np.mean(np.subtract(*means.values())))
+  assert (cam / "panel.png").is_file() and (cam / "panel.pdf").is_file()
 
 
 def test_evaluate_on_a_fine_tuning_run_uses_the_runs_own_sets(tmp_path, demo_data_dir, weights,

@@ -57,7 +57,8 @@ def test_command_pictures_titles_are_unique_and_mark_excluded_images(tmp_path, m
   drawn = []
   for fn in ("overlay", "panel"):
     original = getattr(plots, fn)
-    monkeypatch.setattr(plots, fn, lambda *a, _f=original, **k: drawn.append(_f(*a, **k)))
+    monkeypatch.setattr(plots, fn,
+                        lambda *a, _f=original, **k: drawn.append(_f(*a, **k)) or drawn[-1])
   rng = np.random.default_rng(0)
   mask = np.zeros((16, 16), bool)
   mask[4:9, 4:9] = True
@@ -75,7 +76,8 @@ def test_command_pictures_titles_are_unique_and_mark_excluded_images(tmp_path, m
   c.num_overlays, c.panel_rows = 3, 3
   written = pictures.write(str(tmp_path), c, ["A", "B"], [picture(3, True), picture(4, False),
                                                         picture(5, False)], ["benign", "malignant"])
-  assert written == [f"{tmp_path / 'overlays'}{os.sep} (6 PNG)", str(tmp_path / "panel.png")]
+  assert written == [f"{tmp_path / 'overlays'}{os.sep} (6 PNG)", str(tmp_path / "panel.png"),
+                     str(tmp_path / "panel.pdf")]
   overlay_titles = [plots.titles(f)[0] for f in drawn[:6]]
   assert len(set(overlay_titles)) == 6
   assert overlay_titles[0] == ("A  #3 src7  excluded (empty mask)\n"
@@ -146,10 +148,13 @@ def test_cli_run_end_to_end_statistics_match_csv(demo_data_dir, tmp_path, capsys
   assert summary["settings"]["comparison"] == ">="
   assert [r["mask_empty"] == "True" for r in rows if r["model"] == "A"] == empty
   keep = [r for r in rows if r["mask_empty"] == "False"]
-  da = np.array([float(r["dice"]) for r in keep if r["model"] == "A"])
-  db = np.array([float(r["dice"]) for r in keep if r["model"] == "B"])
+  # The paired statistics run on per-patient means (the unit of independence).
+  patients = list(dict.fromkeys(r["patient"] for r in keep))
+  assert all(patients)
+  da, db = (np.array([np.mean([float(r["dice"]) for r in keep if r["model"] == m
+                               and r["patient"] == p]) for p in patients]) for m in "AB")
   s = summary["comparison"]["dice"]
-  assert s["n"] == 12 - sum(empty)
+  assert s["unit"] == "patient" and s["n"] == len(patients) and s["n_images"] == 12 - sum(empty)
   assert s["A"]["mean"] == pytest.approx(da.mean()) and s["B"]["sd"] == pytest.approx(db.std(ddof=1))
   if s["ttest_rel"] is not None:
     assert s["ttest_rel"]["pvalue"] == pytest.approx(sps.ttest_rel(da, db).pvalue)
@@ -163,11 +168,16 @@ def test_cli_run_end_to_end_statistics_match_csv(demo_data_dir, tmp_path, capsys
   out = capsys.readouterr().out.splitlines()
   assert "gradcam: 12/12 images" in "\n".join(out)
   assert any(l.startswith("  A (resnet50, random init (seed 0), preprocess radimagenet") and
-             f"Dice {s['A']['mean']:.3f}" in l for l in out)
-  assert any(l.startswith("  A vs B: Dice difference") and " p = " in l for l in out)
-  assert out[-5:] == [f"wrote {work / 'per_image.csv'}", f"wrote {work / 'summary.json'}",
+             f"Dice {summary['models']['A']['dice']['mean']:.3f}" in l for l in out)
+  assert any(l.startswith("  A vs B: Dice difference") and " p = " in l
+             and f"(n={len(patients)} patients, per-patient means)" in l for l in out)
+  assert out[-6:] == [f"wrote {work / 'per_image.csv'}", f"wrote {work / 'summary.json'}",
                       f"wrote {work / 'overlays'}{os.sep} (4 PNG)", f"wrote {work / 'panel.png'}",
-                      f"wrote {work / 'config.json'}"]
+                      f"wrote {work / 'panel.pdf'}", f"wrote {work / 'config.json'}"]
+  from PIL import Image
+  with Image.open(work / "panel.png") as im:
+    assert im.info["Title"] == "Grad-CAM A vs B"
+  assert (work / "panel.pdf").read_bytes().startswith(b"%PDF")
 
 
 def test_run_resizes_mismatched_masks_and_counts_them(monkeypatch, tmp_path):
@@ -292,3 +302,61 @@ def test_keras_file_weights_keep_a_matching_classifier_and_their_preprocessing(t
   (created,) = study._create(plans, 2)
   np.testing.assert_array_equal(created["variables"]["params"]["predictions"]["kernel"],
                                 variables["params"]["predictions"]["kernel"])
+
+
+def test_images_of_the_runs_training_or_validation_set_are_refused(demo_data_dir, tmp_path):
+  """Weights of a fine-tuning run (best/ beside its splits.json): the split's images listed in its
+  train or validation set are left out and counted; all of them seen is a one-line error before
+  anything is written; allow_seen_images keeps them."""
+  from radimagenet_jax import checkpoints as checkpoint
+  from radimagenet_jax.data import tfds_source
+  from radimagenet_jax.explain import held_out, study
+  model = rij.models.get_spec("resnet50").module_cls(num_classes=2)
+  variables = random_variables(model, jnp.zeros((1, 32, 32, 3)), seed=3)
+  run = tmp_path / "run"
+  checkpoint.save_variables(run / "best", variables, model_name="resnet50", num_classes=2)
+  raw = tfds_source.open_source("radimagenet_demo/lesion", "test", demo_data_dir, decode=False)
+  ids = [held_out.record_id(raw[i], "test", i) for i in range(6)]
+  c = __import__("configs.gradcam", fromlist=["get_config"]).get_config("demo,tiny,model_b=none")
+  c.data_dir, c.build_dataset = demo_data_dir, False
+  c.image_size, c.max_images, c.batch_size, c.num_overlays = 32, 6, 4, 0
+  c.model_a.weights = str(run / "best")
+
+  def splits(train, validation):
+    (run / "splits.json").write_text(json.dumps({"train": train, "validation": validation,
+                                                 "test": ["elsewhere"]}))
+
+  splits(ids, [])                                     # a call on the fold's training images
+  with pytest.raises(ValueError, match=r"all 6 images of radimagenet_demo/lesion\[test\] are in "
+                     r"the training or validation set of .*splits.json.*allow_seen_images=True"):
+    study.run(c, str(tmp_path / "refused"))
+  assert not (tmp_path / "refused").exists()
+  splits(ids[:3], ids[3:4])
+  summary = study.run(c, str(tmp_path / "kept"))
+  assert summary["held_out"]["n_refused"] == 4 and summary["n_images"] == 2
+  rows = _read_csv(tmp_path / "kept" / "per_image.csv")
+  assert [int(r["index"]) for r in rows] == [4, 5] and {r["id"] for r in rows}.isdisjoint(ids[:4])
+  c.allow_seen_images = True
+  summary = study.run(c, str(tmp_path / "allowed"))
+  assert summary["n_images"] == 6 and summary["held_out"]["allowed"]
+
+
+def test_sweep_mode_finds_finished_runs_or_says_what_is_missing(tmp_path):
+  """--config.sweep takes a sweep (its runs/*) or one run; only finished runs with best/,
+  splits.json and config.json count, and none is a one-line error naming what is needed."""
+  from radimagenet_jax.explain import sweep_cam
+  sweep = tmp_path / "sweep"
+  for name, status, complete in (("a-fold0", "done", True), ("b-fold0", "failed", True),
+                                 ("c-fold0", "done", False)):
+    run = sweep / "runs" / name
+    (run / "best").mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"status": status, "init": name[0],
+                                              "model": "resnet50"}))
+    if complete:
+      (run / "splits.json").write_text("{}")
+      (run / "config.json").write_text("{}")
+  assert [r["name"] for r in sweep_cam.find_runs(str(sweep))] == ["a-fold0"]
+  assert [r["name"] for r in sweep_cam.find_runs(str(sweep / "runs" / "a-fold0"))] == ["a-fold0"]
+  with pytest.raises(ValueError, match=r"no finished fine-tuning run \(run.json with status done, "
+                     r"best/, splits.json, config.json\)"):
+    sweep_cam.find_runs(str(sweep / "runs" / "c-fold0"))

@@ -138,7 +138,8 @@ def test_sweep_report_equals_direct_recomputation(tmp_path):
   assert missing["inception_v3-all-lr0.001-radimagenet-fold0"]["reason"] == "status failed"
   assert missing["nopreds"]["reason"] == "no run.json"
   files = {os.path.basename(f) for f in rep["files"]}
-  assert files == {"report.md", "report.json", "roc_curves.png", "auc_by_init.png"}
+  assert files == {"report.md", "report.json", "roc_curves.png", "auc_by_init.png",
+                   "roc_curves.pdf", "auc_by_init.pdf"}
   for f in rep["files"]:
     assert os.path.isfile(f) and os.path.dirname(f) == os.path.abspath(root)
   with open(os.path.join(root, "report.json")) as f:
@@ -208,8 +209,8 @@ def test_multiclass_runs_have_no_delong_test(tmp_path):
   want = skm.roc_auc_score([int(r["label"]) for r in rows], p, multi_class="ovr")
   assert got == pytest.approx(want, abs=1e-12)
   assert rep["scenarios"][0]["comparisons"][0]["test"] is None
-  assert {os.path.basename(f) for f in rep["files"]} == {"auc_by_init.png", "report.md",
-                                                         "report.json"}
+  assert {os.path.basename(f) for f in rep["files"]} == {"auc_by_init.png", "auc_by_init.pdf",
+                                                         "report.md", "report.json"}
 
 
 def test_bad_inputs(tmp_path):

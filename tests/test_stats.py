@@ -60,3 +60,23 @@ def test_degenerate_inputs():
   assert same["relative_gain"] == 0.0
   with pytest.raises(ValueError, match=r"equal length; got shapes \(3,\) and \(2,\)"):
     stats.paired_comparison([1, 2, 3], [1, 2])
+
+
+def test_per_patient_means_before_the_paired_test():
+  """Four images per patient: the tests run on the 3 patient means (scipy on means by hand)."""
+  patients = [f"p{i // 4}" for i in range(12)]
+  out = stats.paired_comparison(A, B, names=("RadImageNet", "ImageNet"), patients=patients)
+  ma, mb = A.reshape(3, 4).mean(axis=1), B.reshape(3, 4).mean(axis=1)
+  assert out["unit"] == "patient" and out["n"] == 3 and out["n_images"] == 12
+  assert out["RadImageNet"]["mean"] == pytest.approx(ma.mean())
+  t = sps.ttest_rel(ma, mb)
+  assert out["ttest_rel"]["pvalue"] == pytest.approx(t.pvalue) and out["ttest_rel"]["df"] == 2
+  assert out["wilcoxon"]["pvalue"] == pytest.approx(sps.wilcoxon(ma, mb).pvalue)
+  # Interleaved patients: grouping is by id, not by position.
+  mixed = [f"p{i % 3}" for i in range(12)]
+  got = stats.paired_comparison(A, B, patients=mixed)
+  assert got["difference"]["mean"] == pytest.approx(
+      np.mean([(A - B)[i::3].mean() for i in range(3)]))
+  assert stats.paired_comparison(A, B)["unit"] == "image"
+  with pytest.raises(ValueError, match="one entry per value; got 2 for 12"):
+    stats.paired_comparison(A, B, patients=["x", "y"])

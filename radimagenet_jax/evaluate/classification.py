@@ -2,8 +2,9 @@
 
 ``classification_metrics(labels, probs)`` is what a fine-tuning run saves as metrics.json: with two
 classes, the binary metrics of the class-1 probability (AUC with DeLong CI; accuracy, sensitivity,
-specificity, PPV, NPV and the confusion matrix at 0.5 and at the Youden point); with more, accuracy,
-the confusion matrix and one-vs-rest AUCs with their macro mean. ``read_predictions`` and
+specificity, PPV, NPV and the confusion matrix at 0.5, at the Youden point and at a target
+sensitivity, those two thresholds chosen on the validation set when it is given); with more,
+accuracy, the confusion matrix and one-vs-rest AUCs with their macro mean. ``read_predictions`` and
 ``write_predictions`` handle predictions.csv: ``id,patient,label,score_0,...,score_{K-1}``.
 
 Every result holds plain Python floats, ints, lists and None (JSON-ready); a ratio whose denominator
@@ -51,22 +52,50 @@ def youden_threshold(labels, scores) -> tuple[float, float]:
   return float(thr[1 + best]), float(j[best])
 
 
-def binary_metrics(labels, scores, threshold: float = 0.5, level: float = 0.95) -> dict:
+def sensitivity_threshold(labels, scores, target: float) -> float:
+  """The highest score threshold (``>=`` calls positive) whose sensitivity is at least ``target``
+  (so the most specific such rule)."""
+  if not 0.0 < float(target) <= 1.0:
+    raise ValueError(f"target sensitivity must be in (0, 1]; got {target!r}.")
+  _, tpr, thr = roc.roc_curve(labels, scores)
+  return float(thr[int(np.argmax(np.asarray(tpr) >= float(target) - 1e-12))])
+
+
+def binary_metrics(labels, scores, threshold: float = 0.5, level: float = 0.95,
+                   validation=None, target_sensitivity: float = 0.9) -> dict:
   """Metrics of a binary score (label 1 the positive class, higher score = more positive).
 
   Returns ``{"task": "binary", "n", "n_positive", "n_negative", "prevalence", "auc", "se",
-  "ci_low", "ci_high", "ci_level", "at_threshold": {...}, "youden": {...}}``. ``at_threshold`` and
-  ``youden`` hold threshold, accuracy, sensitivity, specificity, ppv, npv, confusion_matrix
-  ([[tn, fp], [fn, tp]]) and the four counts; ``youden`` adds ``youden_index``.
+  "ci_low", "ci_high", "ci_level", "at_threshold": {...}, "youden": {...},
+  "at_target_sensitivity": {...}}``. Each of the three holds threshold, accuracy, sensitivity,
+  specificity, ppv, npv, confusion_matrix ([[tn, fp], [fn, tp]]), the four counts and
+  ``chosen_on``. ``validation=(labels, scores)``: the Youden threshold (max sensitivity +
+  specificity - 1) and the most specific threshold reaching ``target_sensitivity`` are chosen on
+  that set and applied here (``chosen_on`` "validation"; ``youden_index`` is the validation one).
+  Without it (or with a one-class validation set) they are chosen on these labels themselves,
+  ``chosen_on`` "test (optimistic)": the rates are then an upper bound, not an estimate.
   """
   y, s = roc.check_binary(labels, scores)
   ci = roc.delong_ci(y, s, level=level)
-  thr, j = youden_threshold(y, s)
+  chosen = "test (optimistic)"
+  ref_y, ref_s = y, s
+  if validation is not None:
+    vy, vs = np.asarray(validation[0]), np.asarray(validation[1], np.float64)
+    if vy.size and len(set(vy.tolist())) == 2:
+      ref_y, ref_s = roc.check_binary(vy, vs, "validation scores")
+      chosen = "validation"
+    else:
+      chosen = "test (optimistic: the validation set has one class)"
+  thr, j = youden_threshold(ref_y, ref_s)
+  sens_thr = sensitivity_threshold(ref_y, ref_s, target_sensitivity)
   return {"task": "binary", "n": int(y.size), "n_positive": int(y.sum()),
           "n_negative": int((~y).sum()), "prevalence": float(y.mean()),
           "auc": ci["auc"], "se": ci["se"], "ci_low": ci["ci_low"], "ci_high": ci["ci_high"],
-          "ci_level": ci["level"], "at_threshold": _at_threshold(y, s, threshold),
-          "youden": dict(_at_threshold(y, s, thr), youden_index=j)}
+          "ci_level": ci["level"],
+          "at_threshold": dict(_at_threshold(y, s, threshold), chosen_on="fixed"),
+          "youden": dict(_at_threshold(y, s, thr), youden_index=j, chosen_on=chosen),
+          "at_target_sensitivity": dict(_at_threshold(y, s, sens_thr), chosen_on=chosen,
+                                        target_sensitivity=float(target_sensitivity))}
 
 
 def _check_probs(labels, probs, class_names=None) -> tuple[np.ndarray, np.ndarray, list]:
@@ -127,18 +156,22 @@ def multiclass_metrics(labels, probs, class_names=None, level: float = 0.95) -> 
           "auc_classes": len(aucs), "ci_low": None, "ci_high": None}
 
 
-def classification_metrics(labels, probs, class_names=None, level: float = 0.95) -> dict:
+def classification_metrics(labels, probs, class_names=None, level: float = 0.95,
+                           validation=None) -> dict:
   """The metrics a fine-tuning run saves: binary for 2 columns of ``probs``, multiclass for more.
 
   Two classes: ``binary_metrics(labels, probs[:, 1])`` (threshold 0.5) plus ``accuracy`` and
   ``confusion_matrix`` of the argmax (which differs from ``>= 0.5`` only for a probability of
-  exactly 0.5), ``n_classes`` and ``class_names``. More: ``multiclass_metrics``. Both have the keys
-  ``task, n, n_classes, class_names, accuracy, confusion_matrix, auc, ci_low, ci_high``.
+  exactly 0.5), ``n_classes`` and ``class_names``; ``validation=(labels, probs)`` of the validation
+  set chooses the Youden and target-sensitivity thresholds (see binary_metrics). More:
+  ``multiclass_metrics``. Both have the keys ``task, n, n_classes, class_names, accuracy,
+  confusion_matrix, auc, ci_low, ci_high``.
   """
   y, p, names = _check_probs(labels, probs, class_names)
   if p.shape[1] > 2:
     return multiclass_metrics(y, p, names, level=level)
-  out = binary_metrics(y, p[:, 1], threshold=0.5, level=level)
+  val = None if validation is None else (validation[0], np.asarray(validation[1])[:, 1])
+  out = binary_metrics(y, p[:, 1], threshold=0.5, level=level, validation=val)
   pred = np.argmax(p, axis=1)
   out.update(n_classes=2, class_names=names, accuracy=float(np.mean(pred == y)),
              confusion_matrix=_confusion(y, pred, 2))

@@ -1,9 +1,15 @@
-"""Rendering of the comparison report (report.py computes it): the PNGs and report.md.
+"""The report's figures (report.py computes the numbers), each as a PNG and a vector PDF.
 
-``draw`` writes ``roc_curves.png`` (binary tasks: one panel per scenario, one pooled out-of-fold
-ROC curve per init) and ``auc_by_init.png`` (every scenario's AUC as a point, grouped by model, one
-column per init, a bar at each mean: the layout of the paper's Figures 3-4). ``markdown`` renders
-the report dict as report.md. matplotlib with the Agg backend, one figure per file: it stays fast.
+``roc_curves`` (binary tasks; the layout of the paper's Figure 3): one panel per scenario; per
+init the mean ROC curve over the folds (each fold's TPR interpolated on a common FPR grid, then
+averaged) with a band of +-1 SD across folds, the chance diagonal, and in the legend the pooled
+AUC, the mean +- SD of the fold AUCs and the number of test images and patients. With one fold
+(no cross-validation) the curve is the run's own. ``auc_by_init``: every scenario's pooled AUC
+with its 95% CI, grouped by model, one column per init, a bar at each mean, on the full [0, 1]
+range with the chance line at 0.5, so that a null result looks like one.
+
+Sizes are a journal's: 7.2 in (a two-column page width) wide at most, fonts of 6-8 pt, 300 dpi.
+matplotlib with the Agg backend; PNG and PDF carry a Title (and the PNG a Software) metadata entry.
 """
 from __future__ import annotations
 
@@ -18,159 +24,143 @@ import numpy as np  # noqa: E402
 
 from radimagenet_jax.evaluate import roc  # noqa: E402
 
+WIDTH = 7.2           # inches: a two-column journal page
+DPI = 300
+SOFTWARE = "radimagenet-jax report"
+GRID = np.linspace(0.0, 1.0, 101)
+
 
 def _colors(inits) -> dict:
   cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
   return {init: cycle[i % len(cycle)] for i, init in enumerate(inits)}
 
 
-def _roc_figure(report: dict, pooled: dict, path: str) -> None:
+def _save(fig, path: str, title: str) -> list:
+  """Writes ``path`` (PNG) and the same figure as PDF; returns both paths."""
+  pdf = os.path.splitext(path)[0] + ".pdf"
+  fig.savefig(path, dpi=DPI, metadata={"Title": title, "Software": SOFTWARE})
+  fig.savefig(pdf, metadata={"Title": title, "Creator": SOFTWARE})
+  plt.close(fig)
+  return [path, pdf]
+
+
+def mean_roc(folds) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(FPR grid, mean TPR, SD of TPR (ddof=0; zeros for one fold)) over folds of (labels, scores).
+
+  Each fold's empirical ROC curve is interpolated on ``GRID`` (vertical averaging), starting at
+  (0, 0); folds whose labels hold a single class are skipped (None when no fold is left)."""
+  tprs = []
+  for labels, scores in folds:
+    if len(set(np.asarray(labels).tolist())) < 2:
+      continue
+    fpr, tpr, _ = roc.roc_curve(labels, scores)
+    curve = np.interp(GRID, fpr, tpr)
+    curve[0] = 0.0
+    tprs.append(curve)
+  if not tprs:
+    return None
+  tprs = np.array(tprs)
+  return GRID, tprs.mean(axis=0), tprs.std(axis=0)
+
+
+def _roc_figure(report: dict, pooled: dict, path: str) -> list:
   scenarios = report["scenarios"]
   cols = min(4, len(scenarios))
   rows = math.ceil(len(scenarios) / cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+  side = min(WIDTH / cols, 2.6)
+  fig, axes = plt.subplots(rows, cols, figsize=(side * cols, (side + 0.35) * rows + 0.5),
+                           squeeze=False)
   colors = _colors(report["inits"])
   for ax in axes.flat[len(scenarios):]:
     ax.set_axis_off()
   for ax, sc in zip(axes.flat, scenarios):
-    for init, res in sc["inits"].items():
+    key = (sc["dataset"], sc["model"], sc["freeze"], sc["lr"])
+    n_text, row = "", 0
+    for init, res in reversed(list(sc["inits"].items())):   # first init on top
       if res["auc"] is None:                 # no curve on a one-class test set
         continue
-      _, labels, probs = pooled[sc["model"], sc["freeze"], sc["lr"], init]
-      fpr, tpr, _ = roc.roc_curve(labels, probs[:, 1])
-      ax.plot(fpr, tpr, color=colors[init], lw=1.2, label=f"{init} {res['auc']:.3f}")
-    ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")
-    ax.set(xlim=(0, 1), ylim=(0, 1), aspect="equal", title=sc["scenario"])
-    ax.title.set_fontsize(8)
-    ax.set_xlabel("1 - specificity", fontsize=7)
-    ax.set_ylabel("sensitivity", fontsize=7)
-    ax.tick_params(labelsize=6)
-    if ax.get_legend_handles_labels()[0]:
-      ax.legend(fontsize=6, loc="lower right", title="AUC", title_fontsize=6)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+      folds = [(y, p[:, 1]) for y, p in pooled[key + (init, "folds")]]
+      # Folds of one class each (no per-fold curve): the pooled curve, without a band.
+      fpr, tpr, sd = mean_roc(folds) or mean_roc([(pooled[key + (init,)][1],
+                                                   pooled[key + (init,)][2][:, 1])])
+      ax.fill_between(fpr, np.clip(tpr - sd, 0, 1), np.clip(tpr + sd, 0, 1), color=colors[init],
+                      alpha=0.18, lw=0)
+      ax.plot(fpr, tpr, color=colors[init], lw=1.1)
+      spread = (f" ({res['fold_auc_mean']:.2f}±{res['fold_auc_sd']:.2f})"
+                if res.get("fold_auc_sd") is not None else "")
+      # The AUCs in the panel's empty corner, in the init's colour (one legend for the figure).
+      ax.text(0.97, 0.05 + 0.09 * row, f"AUC {res['auc']:.3f}{spread}", color=colors[init],
+              fontsize=6, ha="right", va="bottom", transform=ax.transAxes)
+      row += 1
+      n_text = n_text or (f"n = {res['n']} images" + (f", {res['n_patients']} pat."
+                                                      if res.get("n_patients") else ""))
+    ax.text(0.97, 0.05 + 0.09 * row, n_text, color="0.35", fontsize=5.5, ha="right", va="bottom",
+            transform=ax.transAxes)
+    ax.plot([0, 1], [0, 1], color="0.55", lw=0.7, ls="--")
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), aspect="equal", xticks=[0, 0.5, 1], yticks=[0, 0.5, 1])
+    lr = sc["lr"] if sc["lr"] is None else f"{sc['lr']:g}"
+    ax.set_title(f"{sc['model']}\n{sc['freeze']}, lr {lr}", fontsize=6.5, pad=3,
+                 linespacing=1.25)
+    ax.set_xlabel("1 - specificity", fontsize=6.5, labelpad=1)
+    ax.set_ylabel("sensitivity", fontsize=6.5, labelpad=1)
+    ax.tick_params(labelsize=5.5, length=2, pad=1)
+  handles = [plt.Line2D([], [], color=colors[i], lw=1.2) for i in report["inits"]]
+  handles.append(plt.Line2D([], [], color="0.55", lw=0.7, ls="--"))
+  fig.legend(handles, list(report["inits"]) + ["chance"], loc="upper center", ncol=len(handles),
+             fontsize=7, frameon=False, bbox_to_anchor=(0.5, 1.0))
+  fig.text(0.5, 0.0, "Curves: mean over folds (band ±1 SD); AUC: pooled out-of-fold (fold mean ± "
+           "SD)", fontsize=6, ha="center", va="bottom")
+  height = fig.get_figheight()   # the legend and the footnote keep 0.25 in each, whatever the rows
+  fig.tight_layout(pad=0.4, w_pad=0.6, h_pad=1.4, rect=(0, 0.2 / height, 1, 1 - 0.25 / height))
+  return _save(fig, path, "ROC curves and AUC per scenario: mean over folds, band +-1 SD, per init")
 
 
-def _strip_figure(report: dict, path: str) -> None:
+def _strip_figure(report: dict, path: str) -> list:
   inits = report["inits"]
   models = list(dict.fromkeys(s["model"] for s in report["scenarios"]))
   colors = _colors(inits)
   width = 0.8 / max(len(inits), 1)
-  fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(models) * max(len(inits), 1)), 3.6))
+  fig, ax = plt.subplots(figsize=(min(WIDTH, max(3.5, 1.2 * len(models) * max(len(inits), 1))),
+                                  2.8))
   for m, model in enumerate(models):
     for k, init in enumerate(inits):
-      aucs = [s["inits"][init]["auc"] for s in report["scenarios"]
-              if s["model"] == model and init in s["inits"] and s["inits"][init]["auc"] is not None]
-      if not aucs:
+      res = [s["inits"][init] for s in report["scenarios"]
+             if s["model"] == model and init in s["inits"] and s["inits"][init]["auc"] is not None]
+      if not res:
         continue
+      aucs = np.array([r["auc"] for r in res])
       x0 = m + (k - (len(inits) - 1) / 2) * width
       # Deterministic spread instead of random jitter: the same report draws the same picture.
-      spread = np.linspace(-0.3, 0.3, len(aucs)) * width if len(aucs) > 1 else np.zeros(1)
-      ax.scatter(x0 + spread, aucs, s=14, color=colors[init], alpha=0.8,
-                 label=init if m == 0 else None, zorder=3)
-      ax.hlines(np.mean(aucs), x0 - 0.4 * width, x0 + 0.4 * width, color="k", lw=1.5, zorder=4)
-  ax.set_xticks(range(len(models)), models, fontsize=8)
-  ax.set_ylabel("AUC" + (" (macro one-vs-rest)" if report["task"] == "multiclass" else ""))
-  ax.set_title("AUC per scenario, by model and initialisation (bar: mean)", fontsize=9)
-  ax.grid(axis="y", color="0.9", zorder=0)
+      x = x0 + (np.linspace(-0.3, 0.3, len(aucs)) * width if len(aucs) > 1 else np.zeros(1))
+      lo = np.array([r["auc"] - r["ci_low"] if r["ci_low"] is not None else 0.0 for r in res])
+      hi = np.array([r["ci_high"] - r["auc"] if r["ci_high"] is not None else 0.0 for r in res])
+      ax.errorbar(x, aucs, yerr=[lo, hi], fmt="o", ms=3, color=colors[init], elinewidth=0.7,
+                  capsize=1.2, alpha=0.85, label=init if m == 0 else None, zorder=3)
+      ax.hlines(aucs.mean(), x0 - 0.4 * width, x0 + 0.4 * width, color="k", lw=1.3, zorder=4)
+  ax.axhline(0.5, color="0.4", lw=0.8, ls="--", zorder=1)
+  ax.text(len(models) - 0.5, 0.505, "chance", fontsize=6, ha="right", va="bottom", color="0.3")
+  ax.set_xticks(range(len(models)), models, fontsize=7)
+  ax.set_xlim(-0.5, len(models) - 0.5)
+  ax.set_ylim(0, 1)
+  ax.tick_params(axis="y", labelsize=6.5)
+  ax.set_ylabel("AUC" + (" (macro one-vs-rest)" if report["task"] == "multiclass" else
+                         " (95% CI)"), fontsize=7)
+  ax.set_title("AUC per scenario by model and init (bar: mean)", fontsize=8)
+  ax.grid(axis="y", color="0.92", zorder=0)
   if ax.get_legend_handles_labels()[0]:
-    ax.legend(fontsize=7, loc="best")
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+    ax.legend(fontsize=6, loc="lower left", frameon=False)
+  fig.tight_layout(pad=0.4)
+  return _save(fig, path, "AUC per scenario with 95% CI, by model and initialisation")
 
 
 def draw(report: dict, pooled: dict, out_dir: str) -> list:
-  """Writes the report's PNGs into ``out_dir``; returns their paths (none without scenarios).
-
-  ``pooled[(model, freeze, lr, init)]`` holds a scenario's pooled (ids, labels, probs).
-  """
+  """Writes the report's figures into ``out_dir`` (PNG + PDF each); returns their paths (none
+  without scenarios). ``pooled[key + (init, "folds")]`` holds a scenario's per-fold (labels,
+  probs), ``key`` = (dataset, model, freeze, lr)."""
   files = []
   if not report["scenarios"]:
     return files
   if report["task"] == "binary":
-    files.append(os.path.join(report["out_dir"], "roc_curves.png"))
-    _roc_figure(report, pooled, files[-1])
-  files.append(os.path.join(report["out_dir"], "auc_by_init.png"))
-  _strip_figure(report, files[-1])
+    files += _roc_figure(report, pooled, os.path.join(report["out_dir"], "roc_curves.png"))
+  files += _strip_figure(report, os.path.join(report["out_dir"], "auc_by_init.png"))
   return files
-
-
-def _f(x, digits: int = 3) -> str:
-  return "–" if x is None else f"{x:.{digits}f}"
-
-
-def _pct(g) -> str:
-  return "–" if g is None else f"{100 * g:+.1f}%"
-
-
-def _p(p) -> str:
-  return "–" if p is None else ("<0.0001" if p < 1e-4 else f"{p:.4f}")
-
-
-def _table(head: list, rows: list) -> list:
-  return (["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-          + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows] + [""])
-
-
-def markdown(report: dict) -> str:
-  """report.md: summaries, per-scenario AUCs and tests, per-fold tests, missing runs, figures."""
-  inits, scenarios = report["inits"], report["scenarios"]
-  out = ["# Fine-tuning comparison report", "",
-         f"- Source ({report['kind']}): " + ", ".join(f"`{s}`" for s in report["sources"]),
-         f"- Task: {report['task']}; classes: {report['class_names']}",
-         f"- Inits: {', '.join(inits)}; baseline: {report['baseline']}",
-         "- Every number is recomputed from the runs' predictions.csv. AUC: pooled out-of-fold "
-         "predictions, 95% DeLong CI; paired two-sided DeLong test on the same test ids; "
-         "gain = (AUC_a - AUC_b) / AUC_b.", ""]
-  out += ["## AUC per init over scenarios", ""] + _table(
-      ["init", "scenarios", "mean AUC", "SD", "min", "max"],
-      [[i, s["n"], _f(s["mean"]), _f(s["sd"]), _f(s["min"]), _f(s["max"])]
-       for i, s in report["summary"].items()])
-  out += ["### By model", ""] + _table(
-      ["model", "init", "scenarios", "mean AUC", "SD"],
-      [[m, i, s["by_model"][m]["n"], _f(s["by_model"][m]["mean"]), _f(s["by_model"][m]["sd"])]
-       for m in dict.fromkeys(sc["model"] for sc in scenarios)
-       for i, s in report["summary"].items() if m in s["by_model"]])
-  if report["comparison_summary"]:
-    out += ["## Comparisons", ""] + _table(
-        ["a vs b", "scenarios", "mean gain", "SD gain", "tested", "a better (p<0.05)",
-         "b better (p<0.05)"],
-        [[f"{c['a']} vs {c['b']}", c["n_scenarios"], _pct(c["gain"]["mean"]),
-          _pct(c["gain"]["sd"]).lstrip("+"), c["n_tested"], c["a_better_p05"], c["b_better_p05"]]
-         for c in report["comparison_summary"]])
-  rows = []
-  for sc in scenarios:
-    cells = [sc["scenario"]]
-    for i in inits:
-      r = sc["inits"].get(i)
-      cells.append("–" if r is None else f"{_f(r['auc'])} [{_f(r['ci_low'])}, {_f(r['ci_high'])}]"
-                   + (f" (folds {_f(r['fold_auc_mean'])} ± {_f(r['fold_auc_sd'])})"
-                      if r["n_folds"] > 1 else "") + (f" ({r['note']})" if r["note"] else ""))
-    for c in sc["comparisons"]:
-      t = c["test"] or {}
-      cells.append(f"{_pct(c['gain'])} / z {_f(t.get('z'), 2)} / p {_p(t.get('p_value'))}"
-                   + (f" ({c['note']})" if c["note"] else ""))
-    rows.append(cells + ([f"missing: {', '.join(sc['missing'])}"] if sc["missing"] else [""]))
-  pairs = [f"{a} vs {b}: gain / z / p" for a, b in report["comparisons"]]
-  out += ["## Scenarios", ""] + _table(["scenario"] + [f"{i} AUC [95% CI]" for i in inits]
-                                       + pairs + ["notes"], rows)
-  fold_rows = [[sc["scenario"], f["fold"], f"{c['a']} vs {c['b']}", _f((f["test"] or {}).get(
-      "auc_a")), _f((f["test"] or {}).get("auc_b")), _f((f["test"] or {}).get("z"), 2),
-      _p((f["test"] or {}).get("p_value")), f["note"] or ""]
-      for sc in scenarios for c in sc["comparisons"] for f in c["folds"]]
-  if fold_rows:
-    out += ["## Per-fold paired DeLong tests", ""] + _table(
-        ["scenario", "fold", "a vs b", "AUC a", "AUC b", "z", "p", "note"], fold_rows)
-  out += ["## Missing runs", ""]
-  out += _table(["run", "init", "model", "freeze", "lr", "fold", "status", "reason"],
-                [[m[k] for k in ("run", "init", "model", "freeze", "lr", "fold", "status",
-                                 "reason")] for m in report["missing"]]) \
-      if report["missing"] else ["None: every run is done and has predictions.", ""]
-  if report["notes"]:
-    out += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]
-  pngs = [f for f in report["files"] if f.endswith(".png")]
-  if pngs:
-    out += ["## Figures", ""] + [f"![{os.path.basename(f)}]({os.path.basename(f)})" for f in pngs]
-  return "\n".join(out) + "\n"

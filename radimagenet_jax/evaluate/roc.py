@@ -15,8 +15,9 @@ There is NO automatic direction flipping. pROC, by default, picks the direction 
 of the two groups and so can report ``1 - AUC`` of what is computed here; to get this module's
 numbers in R, pass ``levels = c(0, 1)`` and ``direction = "<"`` (controls < cases) to ``roc()``.
 
-The structural components are computed with the mid-rank algorithm of Sun & Xu (IEEE Signal
-Processing Letters 21(11), 2014), O((m + n) log(m + n)) rather than DeLong's O(m n) pairwise one.
+The structural components (components.py) are computed with the mid-rank algorithm of Sun & Xu
+(IEEE Signal Processing Letters 21(11), 2014), O((m + n) log(m + n)) rather than DeLong's O(m n)
+pairwise one. With ``patients=``, the patient-level methods of clustered.py.
 """
 from __future__ import annotations
 
@@ -25,62 +26,8 @@ import math
 import numpy as np
 from scipy import stats as sps
 
-
-def check_binary(labels, scores, name: str = "scores") -> tuple[np.ndarray, np.ndarray]:
-  """Validates a binary problem; returns (labels as a bool array, scores as float64 arrays).
-
-  ``scores`` may be one 1-D array or several stacked as (k, N). Raises ValueError (one line) on a
-  length mismatch, non-finite scores, labels outside {0, 1} or a single class.
-  """
-  y = np.asarray(labels)
-  s = np.asarray(scores, dtype=np.float64)
-  if y.ndim != 1:
-    raise ValueError(f"labels must be 1-D; got shape {y.shape}.")
-  if s.ndim not in (1, 2):
-    raise ValueError(f"{name} must be 1-D; got shape {s.shape}.")
-  if s.shape[-1] != y.shape[0]:
-    raise ValueError(f"labels and {name} must have the same length; got {y.shape[0]} and "
-                     f"{s.shape[-1]}.")
-  bad = ~np.isfinite(s)
-  if bad.any():
-    first = int(np.argwhere(bad)[0][-1])
-    raise ValueError(f"{name} has {int(bad.sum())} non-finite values (NaN or inf); the first at "
-                     f"index {first}.")
-  if y.dtype.kind not in "biuf":
-    raise ValueError(f"labels must be 0 (control) or 1 (case); got values of type {y.dtype}.")
-  outside = (y != 0) & (y != 1)
-  if outside.any():
-    i = int(np.argmax(outside))
-    raise ValueError(f"labels must be 0 (control) or 1 (case); got {y[i].item()!r} at index "
-                     f"{i}.")
-  y = y == 1
-  if y.size == 0:
-    raise ValueError("needs both classes; got no examples.")
-  if y.all() or not y.any():
-    raise ValueError(f"needs both classes; got only label {int(y[0])} (n={y.size}).")
-  return y, s
-
-
-def structural_components(labels, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """AUCs and DeLong's structural components of k score vectors, by mid-ranks (Sun & Xu 2014).
-
-  ``scores``: (N,) or (k, N). Returns ``(auc (k,), v10 (k, m), v01 (k, n))`` where, for case i,
-  ``v10[i]`` is the fraction of controls it outscores (ties 1/2), and for control j, ``v01[j]`` the
-  fraction of cases that outscore it. Both average to the AUC.
-  """
-  y, s = check_binary(labels, scores)
-  s = np.atleast_2d(s)
-  x, z = s[:, y], s[:, ~y]                       # cases, controls
-  m, n = x.shape[1], z.shape[1]
-  # The mid-rank of a case among all scores, minus its mid-rank among the cases, counts the
-  # controls below it (ties 1/2); likewise for a control and the cases.
-  rank_all = sps.rankdata(np.concatenate([x, z], axis=1), method="average", axis=1)
-  rank_x = sps.rankdata(x, method="average", axis=1)
-  rank_z = sps.rankdata(z, method="average", axis=1)
-  v10 = (rank_all[:, :m] - rank_x) / n
-  v01 = 1.0 - (rank_all[:, m:] - rank_z) / m
-  auc = v10.mean(axis=1)
-  return auc, v10, v01
+from radimagenet_jax.evaluate import clustered
+from radimagenet_jax.evaluate.components import check_binary, structural_components
 
 
 def _covariance(v10: np.ndarray, v01: np.ndarray) -> np.ndarray | None:
@@ -96,57 +43,107 @@ def roc_auc(labels, scores) -> float:
   return float(structural_components(labels, scores)[0][0])
 
 
-def delong_ci(labels, scores, level: float = 0.95) -> dict:
-  """AUC with DeLong's standard error and confidence interval (pROC ``ci.auc(method="delong")``).
+def _ci_bounds(auc: float, se: float, level: float) -> tuple[float, float]:
+  half = float(sps.norm.ppf((1.0 + level) / 2.0)) * se
+  return max(0.0, auc - half), min(1.0, auc + half)
 
-  Returns ``{"auc", "se", "ci_low", "ci_high", "level", "n_cases", "n_controls"}`` (Python floats
-  and ints). The interval is ``auc +- z((1 + level) / 2) * se`` clipped to [0, 1]; ``se`` and the
-  interval are None when there are fewer than two cases or two controls (no sample variance).
+
+def _z_p(diff: float, se: float) -> tuple[float, float]:
+  """Two-sided normal test of ``diff`` with standard error ``se`` (se 0: p 1 or 0)."""
+  if se > 0:
+    z = diff / se
+    return float(z), float(2.0 * sps.norm.sf(abs(z)))
+  if diff == 0:
+    return 0.0, 1.0
+  return math.copysign(math.inf, diff), 0.0
+
+
+def delong_ci(labels, scores, level: float = 0.95, patients=None, method: str | None = None,
+              resamples: int = 2000, seed: int = 0) -> dict:
+  """AUC with its standard error and confidence interval; DeLong's (pROC ``ci.auc``) by default.
+
+  ``patients`` (one id per image): when a patient has several images the default ``method`` is
+  ``"obuchowski"`` (clustered.py: the patient is the unit of independence); with one image per
+  patient it is ``"delong"``, the same figures. ``method="bootstrap"`` resamples patients
+  (``resamples`` times, ``seed``) and gives the percentile interval. Returns ``{"auc", "se",
+  "ci_low", "ci_high", "level", "n_cases", "n_controls", "method", "n_patients"}`` (Python floats
+  and ints; ``n_patients`` None without ``patients``). The DeLong / Obuchowski interval is ``auc +-
+  z((1 + level) / 2) * se`` clipped to [0, 1]; ``se`` and the interval are None when there are
+  fewer than two cases or two controls (patients with one, for the clustered methods).
   """
   if not 0.0 < float(level) < 1.0:
     raise ValueError(f"level must be in (0, 1); got {level!r}.")
-  auc, v10, v01 = structural_components(labels, scores)
-  out = {"auc": float(auc[0]), "se": None, "ci_low": None, "ci_high": None,
-         "level": float(level), "n_cases": int(v10.shape[1]), "n_controls": int(v01.shape[1])}
-  cov = _covariance(v10, v01)
+  y, s = check_binary(labels, scores)
+  method = clustered.method_for(patients, y.size, method)
+  out = {"auc": None, "se": None, "ci_low": None, "ci_high": None, "level": float(level),
+         "n_cases": int(y.sum()), "n_controls": int((~y).sum()), "method": method,
+         "n_patients": None if patients is None else clustered.patient_index(patients, y.size)[1]}
+  if method == "delong":
+    auc, v10, v01 = structural_components(y, s)
+    cov = _covariance(v10, v01)
+  elif method == "obuchowski":
+    auc, cov, _ = clustered.obuchowski_covariance(y, s, patients)
+  else:
+    auc, boot, _ = clustered.bootstrap_aucs(y, s, patients, resamples, seed)
+    lo, hi = np.quantile(boot[:, 0], [(1 - level) / 2, (1 + level) / 2])
+    return dict(out, auc=float(auc[0]), se=float(np.std(boot[:, 0], ddof=1)), ci_low=float(lo),
+                ci_high=float(hi), resamples=int(resamples), seed=int(seed))
+  out["auc"] = float(auc[0])
   if cov is not None:
     se = math.sqrt(max(float(cov[0, 0]), 0.0))
-    half = float(sps.norm.ppf((1.0 + level) / 2.0)) * se
-    out.update(se=se, ci_low=max(0.0, out["auc"] - half), ci_high=min(1.0, out["auc"] + half))
+    lo, hi = _ci_bounds(out["auc"], se, level)
+    out.update(se=se, ci_low=lo, ci_high=hi)
   return out
 
 
-def delong_test(labels, scores_a, scores_b) -> dict:
-  """Paired two-sided DeLong test of two scores on the same examples (pROC ``roc.test``).
+def delong_test(labels, scores_a, scores_b, patients=None, method: str | None = None,
+                resamples: int = 2000, seed: int = 0) -> dict:
+  """Paired two-sided test of two scores on the same examples; DeLong's (pROC ``roc.test``).
 
-  Returns ``{"auc_a", "auc_b", "difference", "var_a", "var_b", "cov", "se_diff", "z", "p_value",
-  "n_cases", "n_controls"}`` with ``z = (auc_a - auc_b) / se_diff``. When the variance of the
-  difference is 0 (e.g. identical scores, or any two scores whose per-example structural components
-  differ by a constant): ``z = 0, p = 1`` if the AUCs are equal, else ``z = +-inf, p = 0``. With
-  fewer than two cases or controls, the variances, ``z`` and ``p_value`` are None.
+  ``patients``, ``method``, ``resamples`` and ``seed`` as in ``delong_ci``: Obuchowski's clustered
+  covariance when a patient has several images, or a paired patient-level bootstrap (pROC's
+  bootstrap ``roc.test``: ``z = D / sd(D*)``). Returns ``{"auc_a", "auc_b", "difference", "var_a",
+  "var_b", "cov", "se_diff", "z", "p_value", "n_cases", "n_controls", "method", "n_patients"}``
+  with ``z = (auc_a - auc_b) / se_diff``. When the variance of the difference is 0 (e.g. identical
+  scores, or any two scores whose per-example structural components differ by a constant): ``z =
+  0, p = 1`` if the AUCs are equal, else ``z = +-inf, p = 0``. With fewer than two cases or
+  controls (patients with one, for the clustered methods), the variances, ``z`` and ``p_value``
+  are None.
   """
   y, a = check_binary(labels, scores_a, "scores_a")
   _, b = check_binary(labels, scores_b, "scores_b")
-  auc, v10, v01 = structural_components(y, np.stack([a, b]))
+  method = clustered.method_for(patients, y.size, method)
+  both = np.stack([a, b])
+  out = {"auc_a": None, "auc_b": None, "difference": None, "var_a": None, "var_b": None,
+         "cov": None, "se_diff": None, "z": None, "p_value": None, "n_cases": int(y.sum()),
+         "n_controls": int((~y).sum()), "method": method,
+         "n_patients": None if patients is None else clustered.patient_index(patients, y.size)[1]}
+  if method == "bootstrap":
+    auc, boot, _ = clustered.bootstrap_aucs(y, both, patients, resamples, seed)
+    diff = float(auc[0] - auc[1])
+    cov = np.cov(boot.T)
+    z, p = _z_p(diff, float(np.std(boot[:, 0] - boot[:, 1], ddof=1)))
+    return dict(out, auc_a=float(auc[0]), auc_b=float(auc[1]), difference=diff,
+                var_a=float(cov[0, 0]), var_b=float(cov[1, 1]), cov=float(cov[0, 1]),
+                se_diff=float(np.std(boot[:, 0] - boot[:, 1], ddof=1)), z=z, p_value=p,
+                resamples=int(resamples), seed=int(seed))
+  if method == "delong":
+    auc, v10, v01 = structural_components(y, both)
+    cov = _covariance(v10, v01)
+    # The variance of the difference straight from the differences of the components: equal to
+    # V1 + V2 - 2 Cov, but exactly 0 (not a rounding residue) when the components coincide.
+    d_cov = None if cov is None else _covariance(v10[:1] - v10[1:], v01[:1] - v01[1:])
+  else:
+    auc, cov, _ = clustered.obuchowski_covariance(y, both, patients)
+    # As for DeLong: the difference's variance from the differences of the patient sums.
+    d_cov = None if cov is None else clustered.obuchowski_difference_variance(y, both, patients)
   diff = float(auc[0] - auc[1])
-  out = {"auc_a": float(auc[0]), "auc_b": float(auc[1]), "difference": diff, "var_a": None,
-         "var_b": None, "cov": None, "se_diff": None, "z": None, "p_value": None,
-         "n_cases": int(v10.shape[1]), "n_controls": int(v01.shape[1])}
-  cov = _covariance(v10, v01)
+  out.update(auc_a=float(auc[0]), auc_b=float(auc[1]), difference=diff)
   if cov is None:
     return out
-  # The variance of the difference straight from the differences of the components: equal to
-  # V1 + V2 - 2 Cov, but exactly 0 (not a rounding residue) when the components coincide.
-  d_cov = _covariance(v10[:1] - v10[1:], v01[:1] - v01[1:])
-  var_diff = max(float(d_cov[0, 0]), 0.0)
+  var_diff = max(float(np.atleast_2d(d_cov)[0, 0]), 0.0)
   se = math.sqrt(var_diff)
-  if se > 0:
-    z = diff / se
-    p = float(2.0 * sps.norm.sf(abs(z)))
-  elif diff == 0:
-    z, p = 0.0, 1.0
-  else:
-    z, p = math.copysign(math.inf, diff), 0.0
+  z, p = _z_p(diff, se)
   out.update(var_a=float(cov[0, 0]), var_b=float(cov[1, 1]), cov=float(cov[0, 1]), se_diff=se,
              z=float(z), p_value=p)
   return out

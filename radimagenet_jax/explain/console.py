@@ -102,5 +102,6 @@ def summary_lines(summary: dict) -> list[str]:
     diff = (comp.get("difference") or {}).get("mean")
     lines.append(f"  {a} vs {b}: Dice difference "
                  f"{'n/a' if diff is None else f'{diff:+.3f}'}, {test} p = "
-                 f"{'n/a' if p is None else f'{p:.3g}'} (n={comp['n']})")
+                 f"{'n/a' if p is None else f'{p:.3g}'} (n={comp['n']}"
+                 + (" patients, per-patient means)" if comp.get("unit") == "patient" else ")"))
   return lines

@@ -53,7 +53,8 @@ def panel_rows(pictures, config):
 
 
 def write(workdir, config, labels, pictures, names) -> list[str]:
-  """Writes overlays/<model>_<index>.png and (two models) panel.png; returns what was written
+  """Writes overlays/<model>_<index>.png and (two models) panel.png + panel.pdf; returns what was
+  written
   (the overlays as one 'overlays/ (N PNG)' entry)."""
   written, n_overlays = [], 0
   for p in pictures[:config.num_overlays]:
@@ -66,16 +67,35 @@ def write(workdir, config, labels, pictures, names) -> list[str]:
   if n_overlays:
     written.append(f"{os.path.join(workdir, 'overlays')}{os.sep} ({n_overlays} PNG)")
   if len(labels) == 2 and config.panel_rows:
-    rows = panel_rows(pictures, config)
-    a, b = labels
-    excluded = [_score(p, a, config)[1] for p in rows]
-    plots.panel([p["image"] for p in rows], [p["mask"] for p in rows],
-                [p["maps"][a] for p in rows], [p["maps"][b] for p in rows], names=(a, b),
-                dice_a=[p["dice"][a] for p in rows], dice_b=[p["dice"][b] for p in rows],
-                row_titles=[f"{image_title(p)}\nlabel {_name(names, p['label'])}" for p in rows],
-                regions_a=[p["region"][a] for p in rows], regions_b=[p["region"][b] for p in rows],
-                captions_a=[prediction(p, a, names) for p in rows],
-                captions_b=[prediction(p, b, names) for p in rows], excluded=excluded,
-                cmap=config.colormap, path=os.path.join(workdir, "panel.png"))
-    written.append(os.path.join(workdir, "panel.png"))
+    written += save_panel(panel(config, labels, pictures, names, None),
+                          os.path.join(workdir, "panel.png"), f"Grad-CAM {labels[0]} vs {labels[1]}")
   return written
+
+
+def save_panel(fig, path: str, title: str) -> list[str]:
+  """Writes a panel figure as PNG and as vector PDF beside it (Title metadata); closes it."""
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  pdf = os.path.splitext(path)[0] + ".pdf"
+  fig.savefig(path, format="png", metadata={"Title": title, "Software": "radimagenet-jax gradcam"})
+  fig.savefig(pdf, metadata={"Title": title, "Creator": "radimagenet-jax gradcam"})
+  plt.close(fig)
+  return [path, pdf]
+
+
+def panel(config, labels, pictures, names, path):
+  """The Figure-5-like panel of two models (``labels``) on ``pictures``: written to ``path``, or
+  returned as a figure when ``path`` is None."""
+  rows = panel_rows(pictures, config)
+  a, b = labels
+  excluded = [_score(p, a, config)[1] for p in rows]
+  return plots.panel([p["image"] for p in rows], [p["mask"] for p in rows],
+                     [p["maps"][a] for p in rows], [p["maps"][b] for p in rows], names=(a, b),
+                     dice_a=[p["dice"][a] for p in rows], dice_b=[p["dice"][b] for p in rows],
+                     row_titles=[f"{image_title(p)}\nlabel {_name(names, p['label'])}"
+                                 for p in rows],
+                     regions_a=[p["region"][a] for p in rows],
+                     regions_b=[p["region"][b] for p in rows],
+                     captions_a=[prediction(p, a, names) for p in rows],
+                     captions_b=[prediction(p, b, names) for p in rows], excluded=excluded,
+                     cmap=config.colormap, path=path)

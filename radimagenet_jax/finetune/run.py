@@ -215,7 +215,10 @@ def finish(prepared: Prepared, workdir: str, summary: dict) -> dict[str, Any]:
   model = loop.create_model(config, num_classes)
   best_vars = distributed.put_replicated(checkpoints.load_variables(best_dir, spec.name), mesh)
   labels, probs = inference.predict(config, model, best_vars, sources["test"], mesh)
-  metrics = dict(evaluate.classification_metrics(labels, probs, list(class_names)), split="test",
+  # Thresholds (Youden, target sensitivity) are chosen on validation, then applied to test.
+  validation = inference.predict(config, model, best_vars, sources["validation"], mesh)
+  metrics = dict(evaluate.classification_metrics(labels, probs, list(class_names),
+                                                 validation=validation), split="test",
                  best_step=best_meta["best"]["step"], best_epoch=best_meta["best"]["epoch"])
   run = dict(run, status="done", best_step=best_meta["best"]["step"],
              best_epoch=best_meta["best"]["epoch"], best_validation_loss=best_meta["best"]["loss"],
@@ -232,6 +235,8 @@ def finish(prepared: Prepared, workdir: str, summary: dict) -> dict[str, Any]:
           + (f"{auc:.3f} [{metrics['ci_low']:.3f}, {metrics['ci_high']:.3f}]"
              if auc is not None and metrics.get("ci_low") is not None else str(auc))
           + f", accuracy {metrics['accuracy']:.3f}")
+    for warning in evaluate.run_warnings(metrics, probs):
+      print(f"WARNING: {warning}")
     for name in ("run.json", "metrics.json", "predictions.csv", "splits.json"):
       print(f"wrote {os.path.join(workdir, name)}")
   return run
