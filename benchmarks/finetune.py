@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from radimagenet_jax import _host_malloc, distributed, models  # noqa: E402
+from radimagenet_jax import _cpu_tuning, distributed, models  # noqa: E402
 from radimagenet_jax.finetune import freeze  # noqa: E402
 from radimagenet_jax.train import config as config_lib, optim, state as state_lib, steps  # noqa: E402
 
@@ -44,7 +44,7 @@ def main(argv=None):
   p.add_argument("--steps", type=int, default=5, help="timed steps after the compile step")
   p.add_argument("--modes", default="all,top10,head")
   args = p.parse_args(argv)
-  _host_malloc.apply_unless_off()   # as the commands do, before JAX starts
+  _cpu_tuning.tune_cpu()   # as the commands do, before JAX starts
 
   spec = models.get_spec(args.model)
   mesh = distributed.make_mesh()

@@ -33,7 +33,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from radimagenet_jax import _host_malloc, models  # noqa: E402
+from radimagenet_jax import _cpu_tuning, models  # noqa: E402
 from radimagenet_jax.finetune.scenarios import PAPER_MODELS  # noqa: E402
 from radimagenet_jax.train import batched, state as state_lib  # noqa: E402
 
@@ -199,7 +199,7 @@ def main():
   p.add_argument("--dtypes", default=None, help="--project: bfloat16,float32 (--quick: bfloat16)")
   p.add_argument("--budget_s", type=float, default=None, help="time box (default 900 / 200 quick)")
   args = p.parse_args()
-  _host_malloc.apply_unless_off()   # as the commands do, before JAX starts
+  _cpu_tuning.tune_cpu()   # as the commands do, before JAX starts
   args.size = args.size or (32 if args.cpu else 256)
   args.batch = args.batch or (8 if args.cpu else 256)
   args.ks = [int(k) for k in (args.ks or ("1,4,16" if args.cpu else "1,4" if args.quick
