@@ -68,11 +68,13 @@ def main(argv=None):
   print(f"  inference           {args.batch / base:8.1f} images/s  (1.00x the inference time)")
   for mode in args.modes.split(","):
     mask = freeze.trainable_mask(spec.name, variables["params"], mode)
-    model = spec.module_cls(num_classes=2, frozen_bn=freeze.frozen_bn_layers(spec.name, mask))
     tx = optim.freeze(optim.create_optimizer(config, lambda s: 1e-3), mask)
     state = state_lib.create(model, tx, 0, args.image_size, distributed.replicated(mesh),
                              variables=variables)
-    fn = steps.compile_train_step(model, tx, mesh, "radimagenet", mask)
+    # Frozen BatchNorm layers as the engine passes them (train/one_run.py).
+    bn_frozen = steps.bn_frozen_flags(variables["batch_stats"],
+                                      freeze.frozen_bn_layers(spec.name, mask))
+    fn = steps.compile_train_step(model, tx, mesh, "radimagenet", mask, bn_frozen)
     holder = {"state": state, "acc": jax.device_put(steps.init_train_metrics(),
                                                     distributed.replicated(mesh))}
 

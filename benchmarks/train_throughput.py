@@ -58,7 +58,8 @@ def main(argv=None):
   p.add_argument("--cache", default="",
                  help="persistent compilation cache directory (default: off, a cold compile)")
   args = p.parse_args(argv)
-  _cpu_tuning.tune_cpu()   # as the commands do, before JAX starts
+  tuned = _cpu_tuning.tune_cpu()   # as the commands do, before JAX starts
+  print(f"rij.tune_cpu(): {', '.join(tuned) or 'nothing applied'}")
   if args.cache:
     distributed.enable_compilation_cache(args.cache)
   peer = _start_peer(args) if args.peer != "none" else None
