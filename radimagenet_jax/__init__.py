@@ -4,9 +4,13 @@
     model, variables = rij.models.create("resnet50", num_classes=2, weights=None)
     logits = model.apply(variables, rij.data.preprocess(images_uint8), train=False)
 
-Packages, from low to high (imports point one way; see README "Layout"):
+Packages, from low to high (imports point one way; docs/architecture.md):
 checkpoints, distributed -> models -> keras_io -> data -> train -> pretrain, finetune, evaluate,
 explain, export -> cli. Submodules are imported on first use, so `radimagenet-jax --help` stays fast.
+Beside them: `config_arg` (a config file's `:arg`), `config_files` (finding configs, their
+`--help`), `configs/` (the packaged copy of the config files); private helpers `_cpu_tuning`
+(`tune_cpu`) with `_xla_cpu_flags` and `_host_malloc`, `_files` (atomic writes), `_lazy` (lazy
+submodules) and `_collections` (the variable collections).
 
 Importing any module changes nothing global (environment, malloc, JAX config, logging). The CPU
 speed settings are one explicit call, `rij.tune_cpu()`, made by the `radimagenet-jax` commands;

@@ -19,6 +19,10 @@ per-class counter (`conv2d_57` is the 58th Conv2D), so the k-th Conv2D of the ta
 names are auto-generated and differ between sessions. Every shape is checked. A backbone stored as
 one layer of a fine-tuning model (nested) is read as its own layers (`nested_models`; in
 `.weights.h5`, a `layers` group inside the layer's group).
+
+Modules: `h5file` (the HDF5 layouts), `load` (matching by order, loading), `nested_models`,
+`save` (variables -> a Keras file), `convert` (`radimagenet-jax convert`), `describe`
+(`radimagenet-jax inspect`).
 """
 from radimagenet_jax.keras_io.convert import convert, weights_info
 from radimagenet_jax.keras_io.describe import describe, matching_models
