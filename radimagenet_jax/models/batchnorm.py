@@ -58,7 +58,8 @@ class KerasBatchNorm(nn.Module):
     x32 = x.astype(jnp.float32)
     frozen = (self.get_variable(BN_FROZEN, "frozen") if self.has_variable(BN_FROZEN, "frozen")
               else False)
-    static = isinstance(frozen, (bool, np.bool_))
+    static = isinstance(frozen, (bool, np.bool_)) or (isinstance(frozen, np.ndarray)
+                                                      and frozen.ndim == 0)
     if self.use_running_average or (static and frozen):
       mean, var = ra_mean.value, ra_var.value
     else:

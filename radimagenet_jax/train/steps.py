@@ -104,7 +104,7 @@ def train_step(state: TrainState, metrics, batch, *, model, tx, preprocess_mode=
 def _select(flag, a, b):
   """``a`` where ``flag``, else ``b``: chosen while tracing for a Python / numpy bool, by
   ``jnp.where`` for a traced one."""
-  if isinstance(flag, (bool, np.bool_)):
+  if isinstance(flag, (bool, np.bool_)) or (isinstance(flag, np.ndarray) and flag.ndim == 0):
     return a if flag else b
   return jnp.where(flag, a, b)
 
