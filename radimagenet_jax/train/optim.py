@@ -2,7 +2,8 @@
 
 Freezing (fine-tuning's `freeze` modes) wraps the WHOLE chain: frozen parameters get
 `optax.set_to_zero()` (no update, no weight decay, no momentum) and the inner optimizer keeps no
-state for them (`optax.multi_transform` masks its inner transformation).
+state for them (`optax.multi_transform` masks its inner transformation). `to_frozen_state` /
+`from_frozen_state` convert between that state and the unmasked chain's (`train.vmapped`).
 """
 from __future__ import annotations
 

@@ -17,7 +17,8 @@ BatchNorm layers as traced booleans (``jnp.where`` where the run alone decides w
 optimizer is the unmasked chain whose learning rate is the run's traced value (`optimizer`), so
 Adam on the trainable parameters is the alone run's arithmetic. The alone run's optimizer keeps no
 state for frozen parameters (`optim.freeze`); `optim.to_frozen_state` / `from_frozen_state`
-convert, so the checkpoints of a batched run are those of the run alone.
+convert, so the checkpoints of a batched run are those of the run alone. On XLA:CPU the vmapped
+steps trace the models with the plain `lax` convolutions (`_traced_plain`: the measured reason).
 """
 from __future__ import annotations
 
