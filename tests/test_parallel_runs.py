@@ -141,6 +141,33 @@ def test_batched_step_equals_each_run_trained_alone():
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.parametrize("name,wd", [("sgd", 1e-4), ("adam", 0.0), ("adamw", 1e-2)])
+def test_optimizer_state_converts_between_the_alone_and_the_vmapped_layout(name, wd):
+  """A vmapped run keeps the unmasked chain's state; its checkpoint holds `optim.freeze`'s. The
+  conversion keeps every trainable entry, drops the frozen ones, and is the identity without a
+  mask."""
+  params = {"a": np.ones((2, 3), np.float32), "b": {"c": np.ones(4, np.float32),
+                                                    "d": np.ones((3, 3), np.float32)}}
+  mask = {"a": True, "b": {"c": False, "d": True}}
+  c = ml_collections.ConfigDict(dict(optimizer=name, momentum=0.9, adam_epsilon=1e-7,
+                                     weight_decay=wd, learning_rate=1e-3, schedule="constant"))
+  full_tx = optim.create_optimizer(c, lambda _: 1e-3)
+  full = jax.tree.map(lambda x: x + 1.5, full_tx.init(params))   # distinct values everywhere
+  template = optim.freeze(full_tx, mask).init(params)
+  alone = optim.to_frozen_state(full, template)
+  assert jax.tree.structure(alone) == jax.tree.structure(template)
+  n_full, n_alone = len(jax.tree.leaves(full)), len(jax.tree.leaves(alone))
+  assert n_alone < n_full                                         # frozen entries dropped
+  back = optim.from_frozen_state(alone, full_tx.init(params))
+  want = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(full)[0]}
+  for path, value in jax.tree_util.tree_flatten_with_path(back)[0]:
+    key = jax.tree_util.keystr(path)
+    # The frozen parameter's entries are zeros; every other entry is the full state's.
+    np.testing.assert_array_equal(np.asarray(value), 0 if "['c']" in key else want[key], key)
+  assert optim.to_frozen_state(full, full_tx.init(params)) is full   # freeze(tx, None) is tx
+  assert optim.from_frozen_state(full, full) is full
+
+
 def test_frozen_bn_as_engine_flags_is_the_models_frozen_bn_field():
   """The engine passes frozen BatchNorm layers as the `bn_frozen` collection for one run too
   (`one_run`): with numpy flags the step is decided while tracing, the same program and the same
