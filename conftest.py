@@ -16,5 +16,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # test workers, so identical steps compiled by several tests compile once; never the user's cache.
 os.environ.setdefault("RADIMAGENET_JAX_CACHE", os.path.join(os.path.dirname(__file__),
                                                             ".pytest_cache", "jax_cache"))
-# As for a user: the package's import sets its XLA:CPU flags before any test starts a JAX backend.
-import radimagenet_jax  # noqa: E402,F401
+# As the commands do, before any test starts a JAX backend: the XLA:CPU flag (importing the package
+# sets nothing). Malloc and dispatch stay JAX's defaults in the test process (host_malloc=False).
+import radimagenet_jax  # noqa: E402
+
+radimagenet_jax.tune_cpu(host_malloc=False)

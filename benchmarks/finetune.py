@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from radimagenet_jax import _host_malloc, distributed, models  # noqa: E402
+from radimagenet_jax import _cpu_tuning, distributed, models  # noqa: E402
 from radimagenet_jax.finetune import freeze  # noqa: E402
 from radimagenet_jax.train import config as config_lib, optim, state as state_lib, steps  # noqa: E402
 
@@ -44,7 +44,7 @@ def main(argv=None):
   p.add_argument("--steps", type=int, default=5, help="timed steps after the compile step")
   p.add_argument("--modes", default="all,top10,head")
   args = p.parse_args(argv)
-  _host_malloc.apply_unless_off()   # as the commands do, before JAX starts
+  _cpu_tuning.tune_cpu()   # as the commands do, before JAX starts
 
   spec = models.get_spec(args.model)
   mesh = distributed.make_mesh()
@@ -68,11 +68,13 @@ def main(argv=None):
   print(f"  inference           {args.batch / base:8.1f} images/s  (1.00x the inference time)")
   for mode in args.modes.split(","):
     mask = freeze.trainable_mask(spec.name, variables["params"], mode)
-    model = spec.module_cls(num_classes=2, frozen_bn=freeze.frozen_bn_layers(spec.name, mask))
     tx = optim.freeze(optim.create_optimizer(config, lambda s: 1e-3), mask)
     state = state_lib.create(model, tx, 0, args.image_size, distributed.replicated(mesh),
                              variables=variables)
-    fn = steps.compile_train_step(model, tx, mesh, "radimagenet", mask)
+    # Frozen BatchNorm layers as the engine passes them (train/one_run.py).
+    bn_frozen = steps.bn_frozen_flags(variables["batch_stats"],
+                                      freeze.frozen_bn_layers(spec.name, mask))
+    fn = steps.compile_train_step(model, tx, mesh, "radimagenet", mask, bn_frozen)
     holder = {"state": state, "acc": jax.device_put(steps.init_train_metrics(),
                                                     distributed.replicated(mesh))}
 

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 
-from radimagenet_jax import _host_malloc  # noqa: E402
+from radimagenet_jax import _cpu_tuning  # noqa: E402
 
 
 def _time(fn, repeats):
@@ -60,7 +60,7 @@ def main(argv=None):
   p.add_argument("--batch", type=int, default=16)
   p.add_argument("--repeats", type=int, default=3, help="best of N timed runs")
   args = p.parse_args(argv)
-  _host_malloc.apply_unless_off()   # as the commands do, before JAX starts
+  _cpu_tuning.tune_cpu()   # as the commands do, before JAX starts
   import radimagenet_jax as rij
   names = args.models or rij.models.names()
   print(f"Grad-CAM, {args.size}x{args.size}, batch {args.batch}, backend "

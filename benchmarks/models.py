@@ -25,7 +25,7 @@ import numpy as np
 import optax
 
 import radimagenet_jax as rij
-from radimagenet_jax import _host_malloc
+from radimagenet_jax import _cpu_tuning
 
 
 def _timed(fn, *args, steps):
@@ -95,7 +95,7 @@ def main(argv=None):
   p.add_argument("--size", type=int, default=None,
                  help="input side; default each model's ImageNet size (224 or 299)")
   args = p.parse_args(argv)
-  _host_malloc.apply_unless_off()   # as the commands do, before JAX starts
+  _cpu_tuning.tune_cpu()   # as the commands do, before JAX starts
   dev = jax.devices()[0]
   print(f"# {dev.platform} ({dev.device_kind}), {jax.device_count()} device(s) visible, one "
         f"used; float32; jax {jax.__version__}\n")

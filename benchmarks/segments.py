@@ -70,8 +70,8 @@ def _prefix_model(base, stop: str):
 
 def _our_steps(args):
   """{stage: step()} for our prefixes, compiled and run once each."""
-  from radimagenet_jax import _host_malloc
-  _host_malloc.apply_unless_off()   # as the commands do, before JAX starts
+  from radimagenet_jax import _cpu_tuning
+  _cpu_tuning.tune_cpu()   # as the commands do, before JAX starts
   import jax
   import jax.numpy as jnp
   from radimagenet_jax.models import registry

@@ -5,7 +5,7 @@
                                                     # sweep (240 runs at 256x256), ~4 min budget
   python benchmarks/sweep.py --project --ks 1,2,4,8 --dtypes bfloat16,float32 --batch 256
 
-Both time the batched train step of `radimagenet_jax.train.batched` (synthetic uint8 images made on
+Both time the batched train step of `radimagenet_jax.train.vmapped` (synthetic uint8 images made on
 the device, so the input pipeline is not measured) after its compile, and the batched eval step.
 A run in --cpu mode is the `tiny` config's (4 train steps, 2 evaluations of 2 batches); in
 --project mode it is BUSI's: ~780 images, 5 folds (test 156, validation ~62, train ~562), 30 epochs,
@@ -16,7 +16,7 @@ host's work (checkpoints, best/ writes, test predictions) not included. Every fi
 soon as it is measured; each part stops when --budget_s is spent.
 
 Imports only jax, flax, optax, numpy and radimagenet_jax.models / radimagenet_jax.train.{steps,
-batched, optim, state}, so it runs on a host without grain, tfds, ml_collections or orbax.
+vmapped, optim, state}, so it runs on a host without grain, tfds, ml_collections or orbax.
 """
 from __future__ import annotations
 
@@ -33,9 +33,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from radimagenet_jax import _host_malloc, models  # noqa: E402
+from radimagenet_jax import _cpu_tuning, models  # noqa: E402
 from radimagenet_jax.finetune.scenarios import PAPER_MODELS  # noqa: E402
-from radimagenet_jax.train import batched, state as state_lib  # noqa: E402
+from radimagenet_jax.train import state as state_lib, vmapped  # noqa: E402
 
 BUSI = dict(images=780, folds=5, val_fraction=0.1, epochs=30, runs_per_group=12, groups_per_model=5)
 
@@ -59,9 +59,9 @@ class Bench:
     mesh = _mesh()
     rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     cfg = _config()
-    tx = batched.optimizer(cfg, cfg.learning_rate, 1000, 0)
+    tx = vmapped.optimizer(cfg, cfg.learning_rate, 1000, 0)
     one = state_lib.create(self.model, tx, 0, size, rep)  # random init drawn on the host
-    self.states = jax.device_put(batched.stack([one] * k), rep)
+    self.states = jax.device_put(vmapped.stack([one] * k), rep)
     del one
     # A realistic mixture: the paper's three freeze modes as masks (head only / all / top half).
     leaves = jax.tree_util.tree_flatten_with_path(self.states.params)[0]
@@ -72,19 +72,19 @@ class Bench:
           jax.tree.structure(self.states.params),
           [mode == 1 or "predictions" in jax.tree_util.keystr(p) or (mode == 2 and j > len(leaves) // 2)
            for j, (p, _) in enumerate(leaves)]))
-    self.data = jax.device_put(batched.runs_data(masks, [1e-3] * k,
+    self.data = jax.device_put(vmapped.runs_data(masks, [1e-3] * k,
                                                  jax.tree.map(lambda x: x[0], self.states.batch_stats),
                                                  [()] * k), rep)
     modes = ("radimagenet",) * k
-    self.train_fn = batched.compile_train_step(self.model, cfg, (1000, 0), modes, mesh)
-    self.eval_fn = batched.compile_eval_step(self.model, modes, mesh)
+    self.train_fn = vmapped.compile_train_step(self.model, cfg, (1000, 0), modes, mesh)
+    self.eval_fn = vmapped.compile_eval_step(self.model, modes, mesh)
     key = jax.random.key(0)
     self.batch_data = {"image": jax.random.randint(key, (batch, size, size, 3), 0, 256, jnp.int32
                                                    ).astype(jnp.uint8),
                        "label": jax.random.randint(key, (batch,), 0, 2, jnp.int32)}
     self.eval_batch = dict(self.batch_data, mask=jnp.ones((batch,), jnp.float32))
-    self.acc = jax.device_put(batched.init_train_metrics(k), rep)
-    self.bad = jax.device_put(np.full(k, batched.NO_BAD_STEP, np.int32), rep)
+    self.acc = jax.device_put(vmapped.init_train_metrics(k), rep)
+    self.bad = jax.device_put(np.full(k, vmapped.NO_BAD_STEP, np.int32), rep)
 
   def train(self, n):
     for _ in range(n):
@@ -95,7 +95,7 @@ class Bench:
   def evaluate(self, n):
     variables = {"params": self.states.params, "batch_stats": self.states.batch_stats}
     for _ in range(n):
-      acc = self.eval_fn(variables, batched.init_eval_metrics(self.k, 2), self.eval_batch)
+      acc = self.eval_fn(variables, vmapped.init_eval_metrics(self.k, 2), self.eval_batch)
     jax.block_until_ready(acc)
 
   def time(self, fn, warm=1, reps=3):
@@ -199,7 +199,7 @@ def main():
   p.add_argument("--dtypes", default=None, help="--project: bfloat16,float32 (--quick: bfloat16)")
   p.add_argument("--budget_s", type=float, default=None, help="time box (default 900 / 200 quick)")
   args = p.parse_args()
-  _host_malloc.apply_unless_off()   # as the commands do, before JAX starts
+  _cpu_tuning.tune_cpu()   # as the commands do, before JAX starts
   args.size = args.size or (32 if args.cpu else 256)
   args.batch = args.batch or (8 if args.cpu else 256)
   args.ks = [int(k) for k in (args.ks or ("1,4,16" if args.cpu else "1,4" if args.quick

@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from radimagenet_jax import _host_malloc, distributed  # noqa: E402
+from radimagenet_jax import _cpu_tuning, distributed  # noqa: E402
 from radimagenet_jax.models import flops, registry  # noqa: E402
 from radimagenet_jax.train import optim, state as state_lib, steps  # noqa: E402
 
@@ -58,7 +58,8 @@ def main(argv=None):
   p.add_argument("--cache", default="",
                  help="persistent compilation cache directory (default: off, a cold compile)")
   args = p.parse_args(argv)
-  _host_malloc.apply_unless_off()   # as the commands do, before JAX starts
+  tuned = _cpu_tuning.tune_cpu()   # as the commands do, before JAX starts
+  print(f"rij.tune_cpu(): {', '.join(tuned) or 'nothing applied'}")
   if args.cache:
     distributed.enable_compilation_cache(args.cache)
   peer = _start_peer(args) if args.peer != "none" else None

@@ -4,15 +4,22 @@
     model, variables = rij.models.create("resnet50", num_classes=2, weights=None)
     logits = model.apply(variables, rij.data.preprocess(images_uint8), train=False)
 
-Packages, from low to high (imports point one way; see README "Layout"):
+Packages, from low to high (imports point one way; docs/architecture.md):
 checkpoints, distributed -> models -> keras_io -> data -> train -> pretrain, finetune, evaluate,
 explain, export -> cli. Submodules are imported on first use, so `radimagenet-jax --help` stays fast.
-"""
-from radimagenet_jax import _host_malloc, _lazy, _xla_cpu_flags
+Beside them: `config_arg` (a config file's `:arg`), `config_files` (finding configs, their
+`--help`), `configs/` (the packaged copy of the config files); private helpers `_cpu_tuning`
+(`tune_cpu`) with `_xla_cpu_flags` and `_host_malloc`, `_files` (atomic writes), `_lazy` (lazy
+submodules) and `_collections` (the variable collections).
 
-_xla_cpu_flags.apply()   # before JAX starts a backend: XLA:CPU convolutions on Eigen
-# Steps on the calling thread + glibc malloc options (per-step buffers stay mapped): the commands that
-# run steps call it unless RADIMAGENET_JAX_HOST_MALLOC=off; a script calls it before creating arrays.
+Importing any module changes nothing global (environment, malloc, JAX config, logging). The CPU
+speed settings are one explicit call, `rij.tune_cpu()`, made by the `radimagenet-jax` commands;
+a script on a CPU host calls it before creating arrays (docs/performance.md).
+"""
+from radimagenet_jax import _cpu_tuning, _host_malloc, _lazy
+
+tune_cpu = _cpu_tuning.tune_cpu
+# The malloc/dispatch half of tune_cpu alone, on any platform (its name before tune_cpu existed).
 tune_host_malloc = _host_malloc.apply
 
 __version__ = "0.1.0"

@@ -16,8 +16,10 @@ peak heap (as TensorFlow's allocator does). The other threads keep their own are
 multi-threaded compiler and Eigen's convolutions allocate as before (an earlier version forced
 one arena for all threads, which slowed compiles and DenseNet121).
 
-The commands that run steps (``cli._STEP_COMMANDS``) and the step benchmarks call it at start
-(``apply_unless_off``) unless ``RADIMAGENET_JAX_HOST_MALLOC=off``. ``apply`` changes nothing, and returns False, when
+Nothing calls it at import: ``rij.tune_cpu()`` (``_cpu_tuning``) does, on the CPU backend only, and
+the commands that run steps (``cli._STEP_COMMANDS``) and the step benchmarks call that at start,
+unless ``RADIMAGENET_JAX_HOST_MALLOC=off`` (``apply_unless_off``). ``apply`` changes nothing, and
+returns False, when
   * the C library is not glibc (macOS, musl),
   * ``GLIBC_TUNABLES`` sets ``glibc.malloc`` options, a ``MALLOC_*`` variable is set, or
     ``JAX_CPU_ENABLE_ASYNC_DISPATCH`` is set (the user's choice wins),
@@ -65,6 +67,25 @@ def requested(environ=os.environ) -> bool:
   return value == "on"
 
 
+applied = False   # whether ``apply`` set the options in this process (mallopt cannot be read back)
+
+
+def describe() -> str:
+  """The settings ``apply`` makes, in words (``tune_cpu``'s record)."""
+  return ("mallopt(M_MMAP_MAX=0, M_TRIM_THRESHOLD=max) on the main arena; "
+          "jax_cpu_enable_async_dispatch=False")
+
+
+def _mallopt():
+  """glibc's ``mallopt`` (a seam for tests: they stub it), or None."""
+  try:
+    fn = ctypes.CDLL(None).mallopt
+  except (OSError, AttributeError):
+    return None
+  fn.argtypes, fn.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+  return fn
+
+
 def _backends_started() -> bool:
   try:
     from jax._src import xla_bridge
@@ -76,17 +97,15 @@ def _backends_started() -> bool:
 def apply(environ=os.environ) -> bool:
   """Runs single-device programs on the calling thread and sets ``SETTINGS`` with ``mallopt``
   when ``wanted`` and JAX has not started; returns whether it did."""
+  global applied
   if not wanted(environ) or _backends_started():
     return False
-  try:
-    mallopt = ctypes.CDLL(None).mallopt
-  except (OSError, AttributeError):
-    return False
-  mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-  if not all(mallopt(option, value) == 1 for option, value in SETTINGS):
+  mallopt = _mallopt()
+  if mallopt is None or not all(mallopt(option, value) == 1 for option, value in SETTINGS):
     return False
   import jax
   jax.config.update("jax_cpu_enable_async_dispatch", False)
+  applied = True
   return True
 
 

@@ -1,4 +1,4 @@
-"""XLA:CPU convolutions on Eigen, not YNNPACK: set in ``XLA_FLAGS`` when the package is imported.
+"""XLA:CPU convolutions on Eigen, not YNNPACK: set in ``XLA_FLAGS`` by ``rij.tune_cpu()``.
 
 jaxlib 0.10-0.12's XLA:CPU sends convolutions to YNNPACK by default. Its 3x3 convolutions and their
 gradients are slower than Eigen's: with ``--xla_cpu_experimental_ynn_fusion_type=
@@ -6,14 +6,15 @@ gradients are slower than Eigen's: with ``--xla_cpu_experimental_ynn_fusion_type
 train step is 1.38x faster for ResNet50 at 224 px and 1.15-1.26x for the other three models at
 128 px, inference 1.14x (benchmarks/CPU.md).
 
-XLA reads ``XLA_FLAGS`` once, when JAX starts its first backend, so this must run before that:
-``radimagenet_jax/__init__.py`` calls it on import (importing ``jax`` does not start a backend;
-creating an array does). It changes nothing when
+XLA reads ``XLA_FLAGS`` once, when JAX starts its first backend, so this must run before that
+(importing ``jax`` does not start a backend; creating an array does). Importing the package does
+not call it (a library leaves its user's environment alone): ``rij.tune_cpu()`` (``_cpu_tuning``)
+does, on the CPU backend only, and the commands call that at start. It changes nothing when
   * ``XLA_FLAGS`` already names ``xla_cpu_experimental_ynn_fusion_type`` (the user's choice wins),
   * ``RADIMAGENET_JAX_FAST_OPS=off`` (the switch for all CPU formulations, models/fast_ops.py),
   * the installed jaxlib is not one this value was checked with (an unknown flag value aborts
     the process at backend start, so it is never guessed).
-On a GPU or TPU it only concerns the host CPU backend.
+On a GPU or TPU it would only concern the host CPU backend, so ``tune_cpu`` leaves it out there.
 """
 from __future__ import annotations
 

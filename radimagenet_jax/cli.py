@@ -12,7 +12,7 @@ import os
 import sys
 import traceback
 
-from radimagenet_jax import _host_malloc
+from radimagenet_jax import _cpu_tuning
 
 
 def _config_command(argv, command, *, config_required=True, extra_flags=()):
@@ -341,8 +341,8 @@ def main(argv=None):
     print(f"radimagenet-jax: unknown command {argv[0]!r}; valid commands: "
           f"{', '.join(_COMMANDS)}", file=sys.stderr)
     return 2
-  if argv[0] in _STEP_COMMANDS:
-    _host_malloc.apply_unless_off()   # before JAX starts: step buffers stay mapped (_host_malloc.py)
+  # Before JAX starts: the CPU settings (_cpu_tuning.py), malloc's only for commands running steps.
+  _cpu_tuning.tune_cpu(host_malloc=argv[0] in _STEP_COMMANDS)
   quiet_tfds_notices()
   from radimagenet_jax.train import preemption
   try:

@@ -13,7 +13,7 @@ PKG = "radimagenet_jax"
 ALLOWED = {("radimagenet_jax.models.registry", "radimagenet_jax.keras_io")}
 # Layers from low to high (README); a module may import its own layer and the ones below it.
 LAYERS = [("checkpoints", "distributed", "config_arg", "_lazy", "_files",
-           "_xla_cpu_flags", "_host_malloc", "_collections"), ("models",), ("keras_io",),
+           "_xla_cpu_flags", "_host_malloc", "_cpu_tuning", "_collections"), ("models",), ("keras_io",),
           ("data",), ("train",), ("pretrain", "finetune", "evaluate", "explain", "export",
                                   "config_files", "loading"), ("cli",)]
 

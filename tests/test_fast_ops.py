@@ -222,8 +222,9 @@ def test_xla_cpu_flag_rules():
 
 
 def test_convolutions_leave_ynnpack_when_the_flag_is_set():
-  """The flag set on import (conftest imports the package before JAX starts) takes effect: the
-  compiled convolution is XLA's own (Eigen), not a YNNPACK fusion; matrix products stay there."""
+  """The flag set by `rij.tune_cpu()` (the conftest calls it before JAX starts, as the commands do)
+  takes effect: the compiled convolution is XLA's own (Eigen), not a YNNPACK fusion; matrix
+  products stay there."""
   import os
   from radimagenet_jax import _xla_cpu_flags as xf
   if xf.FLAG not in os.environ.get("XLA_FLAGS", ""):

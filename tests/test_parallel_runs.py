@@ -8,6 +8,7 @@ here: BatchNorm layers that freeze, 3x3 and 1x1 convolutions, the paper's head w
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import os
@@ -22,7 +23,7 @@ from flax import traverse_util
 from radimagenet_jax import checkpoints, distributed, models
 from radimagenet_jax.finetune import freeze, parallel, scenarios, sweep_command
 from radimagenet_jax.models import base, flops
-from radimagenet_jax.train import batched, optim, state as state_lib, steps
+from radimagenet_jax.train import optim, state as state_lib, steps, vmapped
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
                       "finetune.py")
@@ -72,6 +73,7 @@ RUNS = (("all", 1e-3, "radimagenet"), ("head", 1e-2, "tf"), ("top3", 3e-3, "radi
 def _train_alone(variables, mode, lr, preprocess, batches_):
   spec = models.get_spec(TinyCNN.spec_name)
   mask = freeze.trainable_mask(spec.name, variables["params"], mode)
+  # The model's own frozen_bn field: the alone reference does not share the engine's mechanism.
   model = spec.module_cls(num_classes=2, frozen_bn=freeze.frozen_bn_layers(spec.name, mask))
   mesh = distributed.make_mesh()
   c = _adam(lr)
@@ -94,21 +96,21 @@ def test_batched_step_equals_each_run_trained_alone():
   mesh = distributed.make_mesh()
   rep = distributed.replicated(mesh)
   cfg = _adam(1e-3)
-  tx = batched.optimizer(cfg, cfg.learning_rate, 10, 0)
-  states = jax.device_put(batched.stack(
+  tx = vmapped.optimizer(cfg, cfg.learning_rate, 10, 0)
+  states = jax.device_put(vmapped.stack(
       [state_lib.create(model, tx, 0, SIZE, rep, variables=variables) for _ in RUNS]), rep)
   masks = [a[0] for a in alone]
-  run_data = jax.device_put(batched.runs_data(
+  run_data = jax.device_put(vmapped.runs_data(
       masks, [lr for _, lr, _ in RUNS], variables["batch_stats"],
       [freeze.frozen_bn_layers(TinyCNN.spec_name, m) for m in masks]), rep)
-  fn = batched.compile_train_step(model, cfg, (10, 0), tuple(p for *_, p in RUNS), mesh)
-  acc = jax.device_put(batched.init_train_metrics(len(RUNS)), rep)
-  bad = jax.device_put(np.full(len(RUNS), batched.NO_BAD_STEP, np.int32), rep)
+  fn = vmapped.compile_train_step(model, cfg, (10, 0), tuple(p for *_, p in RUNS), mesh)
+  acc = jax.device_put(vmapped.init_train_metrics(len(RUNS)), rep)
+  bad = jax.device_put(np.full(len(RUNS), vmapped.NO_BAD_STEP, np.int32), rep)
   for b in data:
     states, acc, bad = fn(states, acc, bad, distributed.to_global(b, mesh), run_data)
   host = jax.device_get(states)
   assert (np.asarray(host.step) == len(data)).all()
-  assert (np.asarray(bad) == batched.NO_BAD_STEP).all()
+  assert (np.asarray(bad) == vmapped.NO_BAD_STEP).all()
   before = _flat(variables["params"])
   for i, (mask, alone_tx, ref) in enumerate(alone):
     mine = jax.tree.map(lambda x, i=i: x[i], host)
@@ -130,13 +132,67 @@ def test_batched_step_equals_each_run_trained_alone():
       atol = 0.01 * 2 * RUNS[i][1] * len(data) if k.endswith("mean") else 1e-6
       np.testing.assert_allclose(got_bs[k], want_bs[k], rtol=1e-4, atol=atol, err_msg=k)
     # The optimizer state in the alone run's layout (checkpoints): the same values.
-    as_alone = batched.to_alone_opt_state(mine.opt_state, alone_tx.init(ref.params))
+    as_alone = optim.to_frozen_state(mine.opt_state, alone_tx.init(ref.params))
     assert jax.tree.structure(as_alone) == jax.tree.structure(ref.opt_state)
     for a, b in zip(jax.tree.leaves(as_alone), jax.tree.leaves(ref.opt_state)):
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-7)
-    back = batched.from_alone_opt_state(as_alone, mine.opt_state)
+    back = optim.from_frozen_state(as_alone, mine.opt_state)
     for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(mine.opt_state)):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("name,wd", [("sgd", 1e-4), ("adam", 0.0), ("adamw", 1e-2)])
+def test_optimizer_state_converts_between_the_alone_and_the_vmapped_layout(name, wd):
+  """A vmapped run keeps the unmasked chain's state; its checkpoint holds `optim.freeze`'s. The
+  conversion keeps every trainable entry, drops the frozen ones, and is the identity without a
+  mask."""
+  params = {"a": np.ones((2, 3), np.float32), "b": {"c": np.ones(4, np.float32),
+                                                    "d": np.ones((3, 3), np.float32)}}
+  mask = {"a": True, "b": {"c": False, "d": True}}
+  c = ml_collections.ConfigDict(dict(optimizer=name, momentum=0.9, adam_epsilon=1e-7,
+                                     weight_decay=wd, learning_rate=1e-3, schedule="constant"))
+  full_tx = optim.create_optimizer(c, lambda _: 1e-3)
+  full = jax.tree.map(lambda x: x + 1.5, full_tx.init(params))   # distinct values everywhere
+  template = optim.freeze(full_tx, mask).init(params)
+  alone = optim.to_frozen_state(full, template)
+  assert jax.tree.structure(alone) == jax.tree.structure(template)
+  n_full, n_alone = len(jax.tree.leaves(full)), len(jax.tree.leaves(alone))
+  assert n_alone < n_full                                         # frozen entries dropped
+  back = optim.from_frozen_state(alone, full_tx.init(params))
+  want = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(full)[0]}
+  for path, value in jax.tree_util.tree_flatten_with_path(back)[0]:
+    key = jax.tree_util.keystr(path)
+    # The frozen parameter's entries are zeros; every other entry is the full state's.
+    np.testing.assert_array_equal(np.asarray(value), 0 if "['c']" in key else want[key], key)
+  assert optim.to_frozen_state(full, full_tx.init(params)) is full   # freeze(tx, None) is tx
+  assert optim.from_frozen_state(full, full) is full
+
+
+def test_frozen_bn_as_engine_flags_is_the_models_frozen_bn_field():
+  """The engine passes frozen BatchNorm layers as the `bn_frozen` collection for one run too
+  (`one_run`): with numpy flags the step is decided while tracing, the same program and the same
+  numbers as the model's `frozen_bn` field (the alone reference above)."""
+  spec = models.get_spec(TinyCNN.spec_name)
+  _, variables = models.create(spec.name, num_classes=2, rng=jax.random.key(3))
+  mask = freeze.trainable_mask(spec.name, variables["params"], "top3")
+  frozen = freeze.frozen_bn_layers(spec.name, mask)
+  assert frozen and frozen != ("*",)    # some layers frozen, some training
+  c = _adam(1e-3)
+  tx = optim.freeze(optim.create_optimizer(c, optim.create_learning_rate_fn(c, 10, 0)), mask)
+  state = state_lib.create(spec.module_cls(num_classes=2), tx, 0, SIZE, variables=variables)
+  rng = np.random.default_rng(2)
+  batch = {"image": rng.integers(0, 255, (BATCH, SIZE, SIZE, 3)).astype(np.uint8),
+           "label": rng.integers(0, 2, BATCH).astype(np.int32)}
+  field = functools.partial(steps.train_step, model=spec.module_cls(num_classes=2, frozen_bn=frozen),
+                            tx=tx, preprocess_mode="tf", trainable=mask)
+  flags = functools.partial(steps.train_step, model=spec.module_cls(num_classes=2), tx=tx,
+                            preprocess_mode="tf", trainable=mask,
+                            bn_frozen=steps.bn_frozen_flags(variables["batch_stats"], frozen))
+  args = (state, steps.init_train_metrics(), batch)
+  assert str(jax.make_jaxpr(field)(*args)) == str(jax.make_jaxpr(flags)(*args))
+  a, b = jax.jit(field)(*args), jax.jit(flags)(*args)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def test_runs_group_by_everything_but_init_freeze_lr_and_preprocess():
@@ -320,7 +376,7 @@ def test_sharded_batched_sweep_equals_runs_alone(sweep_config, alone_sweep, tmp_
 
 def test_killed_batched_sweep_resumes_to_the_uninterrupted_result(
     sweep_config, alone_sweep, tmp_path, monkeypatch):
-  real = batched.compile_train_step
+  real = vmapped.compile_train_step
   calls = {"n": 0}
 
   def crashing(*args, **kwargs):
@@ -332,7 +388,7 @@ def test_killed_batched_sweep_resumes_to_the_uninterrupted_result(
       return fn(*a)
     return step
 
-  monkeypatch.setattr(batched, "compile_train_step", crashing)
+  monkeypatch.setattr(vmapped, "compile_train_step", crashing)
   with pytest.raises(KeyboardInterrupt):
     _sweep(sweep_config, tmp_path, 3, checkpoint_every=2)
   run_dirs = sorted(os.path.join(tmp_path, "runs", d) for d in os.listdir(tmp_path / "runs"))
@@ -341,6 +397,6 @@ def test_killed_batched_sweep_resumes_to_the_uninterrupted_result(
   # One run loses its checkpoint: it restarts from scratch, apart from the group resuming at 2.
   resumed = [d for d, s in steps_now.items() if s == 2]
   shutil.rmtree(os.path.join(resumed[0], "checkpoints"))
-  monkeypatch.setattr(batched, "compile_train_step", real)
+  monkeypatch.setattr(vmapped, "compile_train_step", real)
   assert _sweep(sweep_config, tmp_path, 3, checkpoint_every=2) == 2
   _assert_same(_outputs(tmp_path), alone_sweep)

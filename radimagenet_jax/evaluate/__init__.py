@@ -12,6 +12,7 @@
     report_plots.py    the report's figures, PNG + PDF (matplotlib, Agg; imported only when drawing)
     paired.py          paired statistics of per-image scores (Dice): t-test, Wilcoxon, Shapiro
                        (per patient means first when patients are given)
+    audit.py           `radimagenet-jax audit`: the RadImageNet-minus-ImageNet gain under two protocols
     command.py         the `evaluate` command: a workdir's checkpoint on a split (uses the engine)
 
 Everything but `command` is pure numpy / scipy / matplotlib and needs no JAX.

@@ -7,9 +7,11 @@
 - `scenarios`: the 24 scenarios x inits x folds as runs (presets, run names, shards);
 - `sweep`: those runs, resumable, with sweep.json and results.csv; `sweep_command` runs them
   (`radimagenet-jax sweep`); `parallel`: groups of runs batched in one step (`parallel_runs`);
-- `records`: a run's records checked before the sweep or the report trusts them; results.csv.
+- `records`: a run's records checked before the sweep or the report trusts them; results.csv;
+- `protocols`: the paper and corrected protocols (the official scripts' semantics, or fixed)
+  as config fields.
 """
 from radimagenet_jax import _lazy
 
-__getattr__ = _lazy.attach(__name__, ("folds", "freeze", "initial_weights", "parallel", "records",
-                                      "run", "scenarios", "sweep", "sweep_command"))
+__getattr__ = _lazy.attach(__name__, ("folds", "freeze", "initial_weights", "parallel", "protocols",
+                                      "records", "run", "scenarios", "sweep", "sweep_command"))

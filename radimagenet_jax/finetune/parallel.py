@@ -3,7 +3,7 @@
 Runs batch together when everything that determines their data stream and compiled shapes is
 the same (`group_key`: the run config without init, freeze, learning rate and preprocessing, i.e.
 model, image size, data set, fold, batch size, steps, seed, dtype, ...): then they see the same
-batches in the same order alone, and `train.batched_loop.fit_runs` trains them on ONE loader with
+batches in the same order alone, and `train.loop.fit_runs` trains them on ONE loader with
 one batch per step. Groups are cut into chunks of at most K runs, and a chunk's runs that stopped
 at different checkpoint steps (a killed group saves its runs one after the other) resume as
 separate chunks, each from its own step, so every run resumes exactly.
@@ -21,10 +21,10 @@ from typing import Callable, Sequence
 from radimagenet_jax import checkpoints
 from radimagenet_jax.finetune import run as run_lib
 from radimagenet_jax.finetune import scenarios
-from radimagenet_jax.train import batched_loop, preemption
+from radimagenet_jax.train import loop, preemption, vmapped
 
 # Config fields that differ between runs that batch together.
-PER_RUN_FIELDS = batched_loop.PER_RUN_FIELDS + ("inits",)
+PER_RUN_FIELDS = vmapped.PER_RUN_FIELDS + ("inits",)
 
 
 def check_parallel_runs(value) -> int:
@@ -111,8 +111,8 @@ def run_chunk(specs: Sequence[scenarios.RunSpec], run_dirs: Sequence[str],
   for part in _by_start([run_dirs[i] for i in ready]):
     idx = [ready[j] for j in part]
     try:
-      results = batched_loop.fit_runs([prepared[i].config for i in idx],
-                                      [run_dirs[i] for i in idx], [prepared[i].task for i in idx])
+      results = loop.fit_runs([prepared[i].config for i in idx], [run_dirs[i] for i in idx],
+                              [prepared[i].task for i in idx])
     except preemption.Preempted:
       raise
     except Exception as e:  # pylint: disable=broad-except

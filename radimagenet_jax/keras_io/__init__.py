@@ -20,8 +20,11 @@ names are auto-generated and differ between sessions. Every shape is checked. A 
 one layer of a fine-tuning model (nested) is read as its own layers (`nested_models`; in
 `.weights.h5`, a `layers` group inside the layer's group).
 
-Weights by name (`hub`): Keras's ImageNet files downloaded into a cache, the official RadImageNet
-files read from it (`weights="imagenet"` / `"radimagenet"` in `rij.models.create`).
+Modules: `h5file` (the HDF5 layouts), `load` (matching by order, loading), `nested_models`,
+`save` (variables -> a Keras file), `convert` (`radimagenet-jax convert`), `describe`
+(`radimagenet-jax inspect`),
+`hub` (weights by name: Keras's ImageNet files downloaded into a cache, the official RadImageNet
+files read from it; `weights="imagenet"` / `"radimagenet"` in `rij.models.create`).
 """
 from radimagenet_jax.keras_io import hub
 from radimagenet_jax.keras_io.convert import convert, weights_info

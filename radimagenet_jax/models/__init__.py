@@ -5,7 +5,10 @@
   shared base class with the paper's head; `keras_graph`: Keras's layer order for branching nets;
 - `resnet`, `densenet`, `inception_v3`, `inception_resnet_v2`: one file per architecture;
 - `registry`: `create`, `get_spec`, `keras_layers`, `init_variables`; `capture`: any layer's output;
-  `bn_stats`: BatchNorm statistics report of a set of variables; `flops`: forward FLOPs per image.
+  `bn_stats`: BatchNorm statistics report of a set of variables; `flops`: forward FLOPs per image;
+  `random_init`: random initial variables drawn on the host;
+- XLA:CPU formulations, the same values: `fast_ops` (convolutions, concatenations), `pooling`,
+  `conv_input_grad` (strided convolutions' input gradients).
 """
 from radimagenet_jax.models.capture import capture
 from radimagenet_jax.models.layers import KerasLayer, tap

@@ -6,11 +6,14 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 BATCH_STATS = "batch_stats"
-# Optional read-only collection {layer: {"frozen": bool scalar}}: frozen BatchNorm as data rather
-# than as the static `frozen_bn` field, so that runs with different freeze modes share one compiled
-# step (train/batched.py vmaps over it). Absent (the normal case): nothing changes.
+# Optional read-only collection {layer: {"frozen": bool scalar}}: the BatchNorm layers that run in
+# inference mode while training, given with the variables (the training engine's way, for one run
+# and for K vmapped runs alike: `train.steps.bn_frozen_flags`). A Python / numpy bool is decided
+# while tracing (the same program as the `frozen_bn` field); a traced one (runs with different
+# freeze modes in one vmapped step) selects with `jnp.where`. Absent: nothing changes.
 BN_FROZEN = "bn_frozen"
 
 
@@ -53,7 +56,11 @@ class KerasBatchNorm(nn.Module):
              if self.use_scale else None)
     bias = self.param("bias", nn.initializers.zeros, features, jnp.float32)
     x32 = x.astype(jnp.float32)
-    if self.use_running_average:
+    frozen = (self.get_variable(BN_FROZEN, "frozen") if self.has_variable(BN_FROZEN, "frozen")
+              else False)
+    static = isinstance(frozen, (bool, np.bool_)) or (isinstance(frozen, np.ndarray)
+                                                      and frozen.ndim == 0)
+    if self.use_running_average or (static and frozen):
       mean, var = ra_mean.value, ra_var.value
     else:
       axes = tuple(range(x.ndim - 1))
@@ -62,9 +69,8 @@ class KerasBatchNorm(nn.Module):
       if not self.is_initializing():
         new_mean = ra_mean.value * self.momentum + mean * (1.0 - self.momentum)
         new_var = ra_var.value * self.momentum + var * (1.0 - self.momentum)
-        if self.has_variable(BN_FROZEN, "frozen"):
-          # Frozen as data: the running statistics are used and kept where the flag is set.
-          frozen = self.get_variable(BN_FROZEN, "frozen")
+        if not static:
+          # Frozen as traced data: the running statistics are used and kept where the flag is set.
           mean, var = jnp.where(frozen, ra_mean.value, mean), jnp.where(frozen, ra_var.value, var)
           new_mean = jnp.where(frozen, ra_mean.value, new_mean)
           new_var = jnp.where(frozen, ra_var.value, new_var)

@@ -10,6 +10,10 @@ the next step and stops (`preemption`).
 What differs between pretraining and fine-tuning is data, not code: a `Task` gives the sources,
 the starting variables (None: random init), the trainable mask and frozen BatchNorm layers, the
 checkpoint metadata, and whether to keep the checkpoint of the lowest validation loss as `best`.
+
+`fit_runs` trains K such runs in one vmapped step with the SAME loop: what differs is only the
+state and step it drives (`one_run.OneRun`, `vmapped.Vmapped`); saving, evaluation, model selection
+and loading are written once.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ from radimagenet_jax import checkpoints as ckpt_lib
 from radimagenet_jax import distributed, models
 from radimagenet_jax.data import pipeline
 from radimagenet_jax.train import config as config_lib
-from radimagenet_jax.train import inference, optim, preemption, state as state_lib, steps
+from radimagenet_jax.train import one_run, optim, preemption
 from radimagenet_jax.train import summary as summary_lib
 from radimagenet_jax.train import writers
 
@@ -53,6 +57,8 @@ class Task:
 
 
 def create_model(config, num_classes: int, frozen_bn: tuple[str, ...] = ()):
+  """The config's model. The engine passes frozen BatchNorm layers as data (`one_run`), not as
+  ``frozen_bn``: one way for one run and for K vmapped runs."""
   return models.get_spec(config.model).module_cls(
       num_classes=num_classes, dropout_rate=config.dropout_rate,
       dtype=config_lib.DTYPES[config.dtype], frozen_bn=tuple(frozen_bn))
@@ -108,48 +114,82 @@ def check_resume(config, workdir: str, ident: dict, mngr) -> int | None:
   return start
 
 
+@dataclasses.dataclass
+class _Run:
+  """One run's host-side bookkeeping."""
+  index: int
+  config: Any
+  task: Task
+  workdir: str
+  ident: dict
+  mngr: Any = None
+  writer: Any = None
+  best: dict | None = None
+  error: BaseException | None = None
+  summary: dict | None = None
+
+
 def fit(config, workdir: str, task: Task) -> dict[str, Any]:
   """Trains (resuming from ``workdir``), evaluates, writes summary.json; returns the summary."""
+  (result,) = _fit([config], [workdir], [task], one_run.OneRun)
+  if isinstance(result, BaseException):
+    raise result
+  return result
+
+
+def fit_runs(configs: Sequence[Any], workdirs: Sequence[str], tasks: Sequence[Task]) -> list[Any]:
+  """`fit` for K runs that share one compiled step (`train.vmapped`): the same loop, files and
+  checks per run. The runs must share everything that determines the data stream and compiled
+  shapes (`vmapped.check_group`) and start from the same step (a fresh start, or checkpoints at
+  the same step). A run whose loss or parameters become non-finite, or whose files cannot be
+  written, stops alone with `fit`'s error; the others go on. Returns per run its summary dict or
+  the exception that stopped it."""
+  from radimagenet_jax.train import vmapped  # pylint: disable=g-import-not-at-top
+  vmapped.check_group(configs, tasks)
+  return _fit(configs, workdirs, tasks, vmapped.Vmapped)
+
+
+def _fit(configs, workdirs, tasks, kind) -> list[Any]:
+  """The loop of `fit` and `fit_runs`; ``kind``: `one_run.OneRun` or `vmapped.Vmapped`."""
   distributed.initialize()
-  distributed.enable_compilation_cache(config.compilation_cache_dir or None)
-  workdir = config_lib.resolve_workdir(workdir)
+  distributed.enable_compilation_cache(configs[0].compilation_cache_dir or None)
+  config, alone = configs[0], kind is one_run.OneRun
   main = distributed.is_main_process()
   mesh = distributed.make_mesh()
 
   # ---- Every check before the first compile or write ----
-  config_lib.validate(config, extra=config.keys(), device_count=mesh.devices.size)
-  config_lib.check_workdir_writable(workdir)
-  num_classes = config.num_classes or len(task.class_names)
-  if num_classes < len(task.class_names):
-    raise ValueError(f"config.num_classes={config.num_classes} is smaller than the "
-                     f"{len(task.class_names)} classes of {config.dataset}; use 0 (from the "
-                     f"dataset) or at least {len(task.class_names)}.")
+  num_classes = config.num_classes or len(tasks[0].class_names)
+  runs = []
+  for i, (c, w, t) in enumerate(zip(configs, workdirs, tasks)):
+    config_lib.validate(c, extra=c.keys(), device_count=mesh.devices.size)
+    w = config_lib.resolve_workdir(w)
+    config_lib.check_workdir_writable(w)
+    if num_classes < len(t.class_names):
+      raise ValueError(f"config.num_classes={c.num_classes} is smaller than the "
+                       f"{len(t.class_names)} classes of {c.dataset}; use 0 (from the "
+                       f"dataset) or at least {len(t.class_names)}.")
+    runs.append(_Run(i, c, t, w, identity(c, num_classes)))
   local_bs = distributed.process_batch_size(config.batch_size, mesh)
   if config.get("partial_batch", False) and jax.process_count() > 1:
     raise ValueError(f"config.partial_batch=True (Keras's partial last batch) runs on one process; "
                      f"this job has {jax.process_count()}. Set partial_batch=False.")
-  steps_per_epoch, total_steps, warmup = schedule_lengths(config, len(task.train_source))
+  steps_per_epoch, total_steps, warmup = schedule_lengths(config, len(tasks[0].train_source))
   eval_every = steps_per_epoch if config.eval_every < 0 else config.eval_every
-  ident = identity(config, num_classes)
-  os.makedirs(workdir, exist_ok=True)
-  mngr = ckpt_lib.manager(workdir, keep=config.keep_checkpoints)
-  start = check_resume(config, workdir, ident, mngr)
-  write_json(os.path.join(workdir, "config.json"), config)
+  starts = []
+  for r in runs:
+    os.makedirs(r.workdir, exist_ok=True)
+    r.mngr = ckpt_lib.manager(r.workdir, keep=r.config.keep_checkpoints)
+    starts.append(check_resume(r.config, r.workdir, r.ident, r.mngr))
+  if len(set(starts)) > 1:
+    raise ValueError(f"runs of one batched group resume from different steps {starts}; expected "
+                     "one step (group runs by their latest checkpoint)")
+  for r in runs:
+    write_json(os.path.join(r.workdir, "config.json"), r.config)
 
-  # ---- Model, optimizer, state (replicated on the mesh) ----
-  model = create_model(config, num_classes, task.frozen_bn)
-  lr_fn = optim.create_learning_rate_fn(config, total_steps, warmup)
-  tx = optim.freeze(optim.create_optimizer(config, lr_fn), task.trainable)
-  state = state_lib.create(model, tx, config.seed, config.image_size,
-                           distributed.replicated(mesh), variables=task.variables,
-                           init_law=config.init_law)
-  loss, partial = config.get("loss", "softmax_ce"), bool(config.get("partial_batch", False))
-  train_fn = steps.compile_train_step(model, tx, mesh, config.preprocess, task.trainable, loss)
-  # An epoch's partial last batch (partial_batch=True, one process): replicated, compiled once.
-  partial_fn = steps.compile_train_step(model, tx, mesh, config.preprocess, task.trainable, loss,
-                                        replicate_batch=True)
-  eval_fn = steps.compile_eval_step(model, mesh, config.preprocess, loss)
-  loader = pipeline.make_loader(task.train_source, batch_size=local_bs,
+  # ---- Model, optimizer, state (replicated on the mesh), resumed ----
+  model = create_model(config, num_classes)
+  partial = bool(config.get("partial_batch", False))  # Keras's epochs: a partial last batch
+  loader = pipeline.make_loader(tasks[0].train_source, batch_size=local_bs,
                                 image_size=config.image_size, preprocess_mode=config.preprocess,
                                 augment=config.augment, shuffle=True, seed=config.seed,
                                 num_epochs=None, worker_count=config.worker_count,
@@ -157,56 +197,68 @@ def fit(config, workdir: str, task: Task) -> dict[str, Any]:
                                 augment_on_device=config.augment_on_device,
                                 partial_batch=partial)
   data_iter = iter(loader)
-
-  # ---- Resume ----
-  if start is not None:
-    variables, train_part = ckpt_lib.restore(mngr, start, variables=state.variables,
-                                             train_state=state.train_part(), data_iter=data_iter)
-    state = state.replace_from(variables, train_part)
-  start = int(jax.device_get(state.step))
-  best = read_best(workdir) if task.select_best else None
-
-  writer = writers.MetricWriter(workdir, enabled=main)
+  states = kind(model, runs, mesh, (total_steps, warmup), starts[0], data_iter)
+  start = states.step()
+  k = len(runs)
+  for r in runs:
+    r.best = read_best(r.workdir) if r.task.select_best else None
+    r.writer = writers.MetricWriter(r.workdir, enabled=main)
+  lr_fns = [optim.create_learning_rate_fn(r.config, total_steps, warmup) for r in runs]
+  metadata = [run_metadata(r.config, r.ident, r.task) for r in runs]
+  correct_bn = [corrects_bn(r.config, r.task) for r in runs]
   progress = writers.Progress(total_steps, start, enabled=main, bar=config.progress_bar)
   if main:
-    progress.log(f"{ident['model_name']} on {config.dataset}: {len(task.train_source)} train "
-                 f"examples, {num_classes} classes, global batch {config.batch_size} on "
-                 f"{jax.device_count()} device(s) / {jax.process_count()} process(es), steps "
-                 f"{start} -> {total_steps}" + (" (resumed)" if start else "")
-                 + (f"; {task.describe}" if task.describe else ""))
-  metadata = run_metadata(config, ident, task)
-  correct_bn = corrects_bn(config, task)
+    head = (f"{runs[0].ident['model_name']} on {config.dataset}" if alone else
+            f"{k} {config.model} runs in one step on {config.dataset}")
+    progress.log(f"{head}: {len(tasks[0].train_source)} train examples, {num_classes} classes, "
+                 f"global batch {config.batch_size} on {jax.device_count()} device(s) / "
+                 f"{jax.process_count()} process(es), steps {start} -> {total_steps}"
+                 + (" (resumed)" if start else "")
+                 + (f"; {tasks[0].describe}" if alone and tasks[0].describe else ""))
 
-  def inference_variables(step):
-    if not correct_bn:
-      return state.variables
-    return {"params": state.params,
-            "batch_stats": state_lib.bn_bias_corrected(state.batch_stats, step)}
+  def active():
+    return [r for r in runs if r.error is None]
+
+  def fail(r, error):
+    r.error = error
+    if not alone:
+      progress.log(f"run {r.index} ({r.workdir}): {error}")
 
   def save(step, force=False):
-    if not bool(jax.device_get(steps.all_finite(state.params))):
-      raise params_error(step, mngr.latest_step(), workdir, config.learning_rate)
-    ckpt_lib.save(mngr, step, variables=inference_variables(step), train_state=state.train_part(),
-                  data_iter=data_iter, metadata=dict(metadata, step=step), force=force)
+    finite = states.finite_params()
+    variables = states.inference_variables(step, correct_bn)
+    for r in active():
+      if not finite[r.index]:
+        fail(r, params_error(step, r.mngr.latest_step(), r.workdir, r.config.learning_rate))
+        continue
+      try:
+        ckpt_lib.save(r.mngr, step, variables=states.run_variables(variables, r.index),
+                      train_state=states.train_part(r.index), data_iter=data_iter,
+                      metadata=dict(metadata[r.index], step=step), force=force)
+      except Exception as e:  # pylint: disable=broad-except
+        fail(r, e)   # this run's files only: the others go on
 
   def evaluate(step):
-    ev = inference.run_eval(config, eval_fn, inference_variables(step), task.eval_source, mesh,
-                             num_classes)
-    writer.write(step, config.eval_split, {k: ev[k] for k in ("loss", "top1", "top5")})
-    progress.log(f"step {step} {config.eval_split}: loss {ev['loss']:.4f} top-1 {ev['top1']:.3f}"
-                 f" top-5 {ev['top5']:.3f}")
-    return ev
-
-  def keep_best(step, ev):
-    nonlocal best
-    if not task.select_best or not math.isfinite(ev["loss"]):
-      return
-    if best is None or ev["loss"] < best["loss"]:
-      best = {"loss": float(ev["loss"]), "step": int(step), "epoch": step / steps_per_epoch}
-      save_best(workdir, inference_variables(step), ident, num_classes, metadata, best)
+    variables = states.inference_variables(step, correct_bn)
+    results = states.evaluate(variables, tasks[0].eval_source, config, num_classes)
+    for r in active():
+      ev = results[r.index]
+      r.writer.write(step, config.eval_split, {key: ev[key] for key in ("loss", "top1", "top5")})
+      progress.log(f"step {step} {'' if alone else f'run {r.index} '}{config.eval_split}: loss "
+                   f"{ev['loss']:.4f} top-1 {ev['top1']:.3f} top-5 {ev['top5']:.3f}")
+      # The lowest validation loss is `best`. One kept at this step or later comes from an earlier
+      # attempt at these same steps (a run restarted without its checkpoint): it stays.
+      if r.task.select_best and math.isfinite(ev["loss"]) and (
+          r.best is None or (ev["loss"] < r.best["loss"] and step > r.best["step"])):
+        r.best = {"loss": float(ev["loss"]), "step": int(step), "epoch": step / steps_per_epoch}
+        try:
+          save_best(r.workdir, states.run_variables(variables, r.index), r.ident, num_classes,
+                    metadata[r.index], r.best)
+        except Exception as e:  # pylint: disable=broad-except
+          fail(r, e)
+    return results
 
   # ---- Loop ----
-  acc = jax.device_put(steps.init_train_metrics(), distributed.replicated(mesh))
   throughput = writers.Throughput()
   step = start
   try:
@@ -216,58 +268,71 @@ def fit(config, workdir: str, task: Task) -> dict[str, Any]:
         batch = pipeline.real_examples(batch) if partial else batch
         if step == start + 1 and main:
           progress.log("compiling the train step (first step)...")
-          t0 = time.perf_counter()
-        if len(batch["label"]) < local_bs:
-          state, acc = partial_fn(state, acc, distributed.put_replicated(batch, mesh))
-        else:
-          state, acc = train_fn(state, acc, distributed.to_global(batch, mesh))
+        t0 = time.perf_counter()
+        states.train(batch)
         if step == start + 1:
           # The first step includes compilation: keep it out of the images/s figures.
-          jax.block_until_ready(acc)
+          states.block()
           if main:
             progress.log(f"compiled and ran the first step in {time.perf_counter() - t0:.1f} s")
           throughput.reset()
         else:
-          throughput.add(config.batch_size)
+          throughput.add(config.batch_size * k)
         is_last = step == total_steps
         stop = preemption.stop_agreed()
         do_ckpt = is_last or stop or (config.checkpoint_every
                                       and step % config.checkpoint_every == 0)
-        if is_last or do_ckpt or step % config.log_every == 0:
-          m = steps.summarize(acc)
-          if m["first_bad_step"] is not None:
-            raise loss_error(m["first_bad_step"], mngr.latest_step(), workdir,
-                             config.learning_rate)
-          acc = jax.device_put(steps.init_train_metrics(), distributed.replicated(mesh))
-          rate = throughput.rate()
-          writer.write(step, "train", {
-              "loss": m["loss"], "top1": m["top1"], "top5": m["top5"],
-              "learning_rate": float(lr_fn(step - 1)), "images_per_second": rate,
-              "epoch": step / steps_per_epoch})
-          progress.update(step, f"loss {m['loss']:.4f} top1 {m['top1']:.3f} {rate:.1f} img/s")
+        do_eval = bool(eval_every and step % eval_every == 0 and not is_last)
+        do_log = is_last or do_ckpt or step % config.log_every == 0
+        if do_log or do_eval:
+          for r, bad in zip(runs, states.bad_steps()):
+            if r.error is None and bad is not None:
+              fail(r, loss_error(bad, r.mngr.latest_step(), r.workdir, r.config.learning_rate))
+          if not active():
+            break
+        if do_log:
+          ms, rate = states.train_metrics(), throughput.rate()
+          for r in active():
+            m = ms[r.index]
+            r.writer.write(step, "train", {
+                "loss": m["loss"], "top1": m["top1"], "top5": m["top5"],
+                "learning_rate": float(lr_fns[r.index](step - 1)),
+                "images_per_second": rate / k, "epoch": step / steps_per_epoch})
+          progress.update(step, f"loss {ms[0]['loss']:.4f} top1 {ms[0]['top1']:.3f} {rate:.1f} "
+                          "img/s" if alone else
+                          f"{len(active())}/{k} runs, {rate:.1f} img/s over all runs")
         if do_ckpt:
           save(step, force=is_last or stop)
         if stop and not is_last:
-          mngr.wait_until_finished()
-          raise preemption.Preempted(step, workdir)
-        if eval_every and step % eval_every == 0 and not is_last:
-          keep_best(step, evaluate(step))
+          for r in runs:
+            r.mngr.wait_until_finished()
+          raise preemption.Preempted(step, runs[0].workdir if alone
+                                     else os.path.dirname(runs[0].workdir))
+        if do_eval and active():
+          evaluate(step)
+        if not active():
+          break
   finally:
     progress.close()
-    mngr.wait_until_finished()
+    for r in runs:
+      r.mngr.wait_until_finished()
 
-  # ---- Final evaluation and summary ----
-  ev = evaluate(total_steps)
-  keep_best(total_steps, ev)
-  writer.close()
-  mngr.close()
-  summary = summary_lib.build(config, total_steps, ev, task.class_names, throughput.overall())
-  if best is not None:
-    summary["best"] = best
-  if main:
-    write_json(os.path.join(workdir, "summary.json"), summary)
-    summary_lib.print_summary(summary)
-  return summary
+  # ---- Final evaluation and summaries ----
+  if active():
+    results = evaluate(total_steps)
+    for r in active():
+      r.summary = summary_lib.build(r.config, total_steps, results[r.index], r.task.class_names,
+                                    throughput.overall() / k)
+      if r.best is not None:
+        r.summary["best"] = r.best
+      if main:
+        write_json(os.path.join(r.workdir, "summary.json"), r.summary)
+        if alone:
+          summary_lib.print_summary(r.summary)
+  for r in runs:
+    r.writer.close()
+    r.mngr.close()
+  return [r.error if r.error is not None else r.summary for r in runs]
 
 
 def params_error(step: int, last: int | None, workdir: str, lr) -> NonFiniteLossError:

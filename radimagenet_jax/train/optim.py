@@ -2,7 +2,8 @@
 
 Freezing (fine-tuning's `freeze` modes) wraps the WHOLE chain: frozen parameters get
 `optax.set_to_zero()` (no update, no weight decay, no momentum) and the inner optimizer keeps no
-state for them (`optax.multi_transform` masks its inner transformation).
+state for them (`optax.multi_transform` masks its inner transformation). `to_frozen_state` /
+`from_frozen_state` convert between that state and the unmasked chain's (`train.vmapped`).
 """
 from __future__ import annotations
 
@@ -87,3 +88,39 @@ def freeze(tx: optax.GradientTransformation, trainable) -> optax.GradientTransfo
     return tx
   labels = jax.tree.map(lambda t: "trainable" if t else "frozen", trainable)
   return optax.multi_transform({"trainable": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+# ---- freeze's state <-> the unmasked chain's -----------------------------------------------------
+# `freeze(tx, trainable).init(params)` holds `tx`'s state for the trainable parameters only: the
+# same tree as `tx.init(params)` inside ``inner_states['trainable'].inner_state``, with
+# `optax.MaskedNode` where a parameter is frozen. K runs with different masks in one vmapped step
+# (`train.vmapped`) keep `tx`'s full state; their checkpoints hold the run alone's (`freeze`'s).
+def _is_masked(x) -> bool:
+  return isinstance(x, optax.MaskedNode)
+
+
+def _trainable_part(frozen_state):
+  return frozen_state.inner_states["trainable"]
+
+
+def to_frozen_state(full_state, frozen_template):
+  """``frozen_template`` (``freeze(tx, trainable)``'s state, or ``tx``'s when nothing is frozen)
+  holding the values of ``full_state`` (``tx``'s), frozen parameters' entries left out."""
+  if not hasattr(frozen_template, "inner_states"):   # freeze(tx, None) is tx
+    return full_state
+  part = _trainable_part(frozen_template)
+  inner = jax.tree.map(lambda t, v: t if _is_masked(t) else v, part.inner_state, full_state,
+                       is_leaf=_is_masked)
+  return frozen_template._replace(inner_states=dict(
+      frozen_template.inner_states, trainable=part._replace(inner_state=inner)))
+
+
+def from_frozen_state(frozen_state, full_template):
+  """``full_template`` (``tx``'s state) with the values of ``frozen_state`` (``freeze``'s); the
+  entries of frozen parameters are zeros (what ``tx`` keeps for a parameter whose gradient is
+  always exactly zero)."""
+  if not hasattr(frozen_state, "inner_states"):
+    return frozen_state
+  return jax.tree.map(lambda v, t: jnp.zeros_like(t) if _is_masked(v) else v,
+                      _trainable_part(frozen_state).inner_state, full_template,
+                      is_leaf=_is_masked)

@@ -1,4 +1,5 @@
-"""The jitted train and eval steps over the ('data',) mesh.
+"""The jitted train and eval steps over the ('data',) mesh: the ONE train step (`train.vmapped`
+runs K of them under ``jax.vmap``).
 
 Parameters and optimizer state are replicated (``P()``), the batch is split over 'data' (``P('data')``).
 jit/GSPMD inserts the cross-device reductions, so the loss mean and the BatchNorm batch statistics
@@ -11,11 +12,13 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from radimagenet_jax import distributed
 from radimagenet_jax.data import augment_device
 from radimagenet_jax.data.preprocess import preprocess
+from radimagenet_jax.models.batchnorm import BN_FROZEN
 from radimagenet_jax.train import losses
 from radimagenet_jax.train.state import TrainState
 
@@ -56,34 +59,66 @@ def _inputs(batch, preprocess_mode):
 
 
 def train_step(state: TrainState, metrics, batch, *, model, tx, preprocess_mode=None,
-               trainable=None, loss="softmax_ce"):
+               trainable=None, bn_frozen=None, images=None, loss="softmax_ce"):
   """One update on a global batch; returns (new state, updated metric sums).
 
   ``trainable``: None (all parameters train) or a boolean pytree like the params. Frozen
-  parameters enter the forward pass through ``stop_gradient``, so no gradient is computed for them
-  at all (with ``freeze='head'`` the backbone's backward pass disappears from the compiled step);
-  ``tx`` (``optim.freeze``) gives them zero updates. ``loss``: a kind of ``losses.LOSSES``, averaged
-  over the batch's examples (a partial last batch: its real examples only).
+  parameters enter the forward pass through ``stop_gradient`` and keep their values whatever
+  ``tx`` returns for them (``optim.freeze`` gives them zero updates). With Python / numpy booleans
+  (one run) this is decided while tracing: no gradient is computed for frozen parameters at all
+  (with ``freeze='head'`` the backbone's backward pass disappears from the compiled step).
+  ``bn_frozen``: the BatchNorm layers in inference mode while training, as the model's
+  ``bn_frozen`` collection (``bn_frozen_flags``), or None (none frozen).
+
+  The K runs of `train.vmapped` are this function under ``jax.vmap``: there ``trainable`` and
+  ``bn_frozen`` are traced booleans, so frozen parameters and layers are selected with
+  ``jnp.where`` instead, and ``images`` carries each run's preprocessed input.
+  ``loss``: a kind of ``losses.LOSSES``, averaged over the batch's examples (a partial last batch:
+  its real examples only).
   """
   # A fresh dropout key per step that depends only on (seed, step): resumed runs draw the same.
   dropout_rng = jax.random.fold_in(state.rng, state.step)
+  x = _inputs(batch, preprocess_mode) if images is None else images
 
   def loss_fn(params):
     if trainable is not None:
-      params = jax.tree.map(lambda p, t: p if t else jax.lax.stop_gradient(p), params, trainable)
-    logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats},
-                                  _inputs(batch, preprocess_mode), train=True,
-                                  mutable=["batch_stats"],
+      params = jax.tree.map(lambda p, t: _select(t, p, jax.lax.stop_gradient(p)), params,
+                            trainable)
+    variables = {"params": params, "batch_stats": state.batch_stats}
+    if bn_frozen:
+      variables[BN_FROZEN] = bn_frozen
+    logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"],
                                   rngs={"dropout": dropout_rng})
     value = losses.per_example(logits, batch["label"], loss).mean()
     return value, (logits, updates.get("batch_stats", state.batch_stats))
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                            batch_stats=batch_stats, opt_state=opt_state)
+  params = optax.apply_updates(state.params, updates)
+  if trainable is not None:
+    params = jax.tree.map(lambda t, new, old: _select(t, new, old), trainable, params,
+                          state.params)
+  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                            opt_state=opt_state)
   return new_state, add_train_metrics(metrics, loss, logits, batch["label"],
                                       jnp.isfinite(loss), state.step)
+
+
+def _select(flag, a, b):
+  """``a`` where ``flag``, else ``b``: chosen while tracing for a Python / numpy bool, by
+  ``jnp.where`` for a traced one."""
+  if isinstance(flag, (bool, np.bool_)) or (isinstance(flag, np.ndarray) and flag.ndim == 0):
+    return a if flag else b
+  return jnp.where(flag, a, b)
+
+
+def bn_frozen_flags(batch_stats, frozen_bn) -> dict:
+  """The ``bn_frozen`` collection: {layer: {"frozen": bool}} for every BatchNorm layer of
+  ``batch_stats``; ``frozen_bn``: layer names, or ('*',) for all (`finetune.freeze`); {} when
+  none is frozen."""
+  flags = {layer: {"frozen": np.bool_("*" in frozen_bn or layer in frozen_bn)}
+           for layer in batch_stats}
+  return flags if any(v["frozen"] for v in flags.values()) else {}
 
 
 def add_train_metrics(metrics, loss, logits, labels, finite, step):
@@ -112,15 +147,15 @@ def eval_step(variables, metrics, batch, *, model, preprocess_mode=None, loss="s
           "confusion": metrics["confusion"] + confusion}
 
 
-def compile_train_step(model, tx, mesh, preprocess_mode=None, trainable=None, loss="softmax_ce",
-                       replicate_batch=False):
+def compile_train_step(model, tx, mesh, preprocess_mode=None, trainable=None, bn_frozen=None,
+                       loss="softmax_ce", replicate_batch=False):
   """jit of train_step with explicit shardings; state and metrics are donated.
   ``replicate_batch``: the batch is replicated, not split (a partial last batch whose size the
   device count does not divide; the loss and BatchNorm statistics are the same either way)."""
   rep, data = distributed.replicated(mesh), distributed.data_sharded(mesh)
   data = rep if replicate_batch else data
   fn = functools.partial(train_step, model=model, tx=tx, preprocess_mode=preprocess_mode,
-                         trainable=trainable, loss=loss)
+                         trainable=trainable, bn_frozen=bn_frozen, loss=loss)
   return jax.jit(fn, in_shardings=(rep, rep, data), out_shardings=(rep, rep),
                  donate_argnums=(0, 1))
 

@@ -10,6 +10,7 @@ evaluation read finished datasets through `radimagenet_jax.data.pipeline`.
   plug-in mechanism: no static import of any builder), atomic cached builds, a plain report.
 - `recovery`: the build lock, and the repair of what a killed build left behind (`recover`).
 - `tfds_base`: `RadBuilder`, the base class of every builder (error modes, skipped-file lists).
+- `once`: `ensure_built`, a missing dataset built once when several JAX processes need it.
 - `readers`: DICOM / NIfTI / PNG / JPEG readers and CT windowing used by the builders.
 """
 from radimagenet_jax.data.build.driver import (FILE_FORMAT, available_datasets, build,
