@@ -117,6 +117,34 @@ def write_json_atomic(path: str, obj: Any) -> None:
   write_text_atomic(path, text + "\n")
 
 
+@contextlib.contextmanager
+def atomic_target(path: str):
+  """A temporary path next to ``path`` for a writer that takes a file name (matplotlib's savefig):
+  renamed over ``path`` when the block ends, removed (``path`` untouched) when it raises."""
+  tmp = f"{path}.{secrets.token_hex(4)}{TMP_SUFFIX}"
+  try:
+    yield tmp
+    os.replace(tmp, path)
+  except BaseException as e:
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+    converted = write_error(path, e) if isinstance(e, OSError) else e
+    if converted is not e:
+      raise converted from e
+    raise
+
+
+def save_figure(fig, path: str, title: str, software: str, dpi=None) -> list[str]:
+  """A matplotlib figure as PNG at ``path`` and as vector PDF beside it, each written atomically,
+  with ``title`` in their metadata; returns both paths (the figure stays open)."""
+  pdf = os.path.splitext(path)[0] + ".pdf"
+  with atomic_target(path) as tmp:
+    fig.savefig(tmp, format="png", dpi=dpi, metadata={"Title": title, "Software": software})
+  with atomic_target(pdf) as tmp:
+    fig.savefig(tmp, format="pdf", metadata={"Title": title, "Creator": software})
+  return [path, pdf]
+
+
 def remove_stale_tmp(folder: str, records=None) -> list[str]:
   """Removes the temporary files of `write_text_atomic` in ``folder`` (of the records named in
   ``records``, or all) that a killed writer left; returns their paths. Call it only where no other

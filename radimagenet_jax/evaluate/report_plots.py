@@ -22,6 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from radimagenet_jax import _files  # noqa: E402
 from radimagenet_jax.evaluate import roc  # noqa: E402
 
 WIDTH = 7.2           # inches: a two-column journal page
@@ -37,11 +38,9 @@ def _colors(inits) -> dict:
 
 def _save(fig, path: str, title: str) -> list:
   """Writes ``path`` (PNG) and the same figure as PDF; returns both paths."""
-  pdf = os.path.splitext(path)[0] + ".pdf"
-  fig.savefig(path, dpi=DPI, metadata={"Title": title, "Software": SOFTWARE})
-  fig.savefig(pdf, metadata={"Title": title, "Creator": SOFTWARE})
+  written = _files.save_figure(fig, path, title, SOFTWARE, dpi=DPI)
   plt.close(fig)
-  return [path, pdf]
+  return written
 
 
 def mean_roc(folds) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

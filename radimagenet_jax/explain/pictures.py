@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 
+from radimagenet_jax import _files
 from radimagenet_jax.explain import plots
 
 
@@ -76,11 +77,9 @@ def save_panel(fig, path: str, title: str) -> list[str]:
   """Writes a panel figure as PNG and as vector PDF beside it (Title metadata); closes it."""
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  pdf = os.path.splitext(path)[0] + ".pdf"
-  fig.savefig(path, format="png", metadata={"Title": title, "Software": "radimagenet-jax gradcam"})
-  fig.savefig(pdf, metadata={"Title": title, "Creator": "radimagenet-jax gradcam"})
+  written = _files.save_figure(fig, path, title, "radimagenet-jax gradcam")
   plt.close(fig)
-  return [path, pdf]
+  return written
 
 
 def panel(config, labels, pictures, names, path):

@@ -16,6 +16,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from radimagenet_jax import _files  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 MASK_COLOUR, REGION_COLOUR = "lime", "magenta"
@@ -132,6 +134,7 @@ def titles(fig) -> list[str]:
 def _save(fig, path):
   if path is not None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, format="png")
+    with _files.atomic_target(path) as tmp:
+      fig.savefig(tmp, format="png")
     plt.close(fig)
   return fig

@@ -23,6 +23,7 @@ functions (transforms.resize, preprocess), so the network sees what it saw in tr
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ import os
 import jax
 import numpy as np
 
-from radimagenet_jax import models
+from radimagenet_jax import _files, models
 from radimagenet_jax.data import tfds_source, transforms
 from radimagenet_jax.data.preprocess import preprocess, to_rgb
 from radimagenet_jax.evaluate import paired as stats
@@ -260,18 +261,19 @@ def _write(workdir, config, models_, summary, rows, pictures, names) -> list[str
   """Writes every output; returns the paths written (overlays as one 'overlays/ (N PNG)')."""
   os.makedirs(workdir, exist_ok=True)
   path = lambda name: os.path.join(workdir, name)
-  with open(path("config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
-  _write_csv(path("per_image.csv"), rows)
-  with open(path("summary.json"), "w") as f:
-    json.dump(summary, f, indent=2)
+  _files.remove_stale_tmp(workdir)  # what a killed gradcam left
+  _files.write_text_atomic(path("config.json"), config.to_json_best_effort(indent=2))
+  write_csv(path("per_image.csv"), rows)
+  _files.write_text_atomic(path("summary.json"), json.dumps(summary, indent=2))
   files = [path("per_image.csv"), path("summary.json")]
   files += pictures_lib.write(workdir, config, [m["label"] for m in models_], pictures, names)
   return files + [path("config.json")]
 
 
-def _write_csv(path, rows):
-  with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["index"])
-    writer.writeheader()
-    writer.writerows(rows)
+def write_csv(path, rows, fields=None):
+  """``rows`` (dicts) as a CSV file with a header, written atomically."""
+  buf = io.StringIO()
+  writer = csv.DictWriter(buf, fieldnames=fields or (list(rows[0]) if rows else ["index"]))
+  writer.writeheader()
+  writer.writerows(rows)
+  _files.write_text_atomic(path, buf.getvalue())

@@ -16,13 +16,13 @@ per_image.csv (one row per run and image), summary.json, config.json and a Figur
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 
 import ml_collections
 import numpy as np
 
+from radimagenet_jax import _files
 from radimagenet_jax.evaluate import command as evaluate_command
 from radimagenet_jax.evaluate import paired as stats
 from radimagenet_jax.explain import checks, console, pictures as pictures_lib, study
@@ -186,16 +186,12 @@ def summary_lines(summary) -> list[str]:
 def _write(workdir, config, rows, summary, panel, inits, names) -> list[str]:
   os.makedirs(workdir, exist_ok=True)
   path = lambda name: os.path.join(workdir, name)  # noqa: E731
-  with open(path("config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+  _files.remove_stale_tmp(workdir)  # what a killed gradcam left
+  _files.write_text_atomic(path("config.json"), config.to_json_best_effort(indent=2))
   fields = ["run", "scenario", "init", "fold"] + [k for k in (rows[0] if rows else {})
                                                   if k not in ("run", "scenario", "init", "fold")]
-  with open(path("per_image.csv"), "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(rows)
-  with open(path("summary.json"), "w") as f:
-    json.dump(summary, f, indent=2)
+  study.write_csv(path("per_image.csv"), rows, fields)
+  _files.write_text_atomic(path("summary.json"), json.dumps(summary, indent=2))
   files = [path("per_image.csv"), path("summary.json")]
   pics = next(iter(panel.values()), {}) if panel else {}
   if len(inits) > 1 and inits[0] in pics and inits[1] in pics and config.panel_rows:
