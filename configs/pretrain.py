@@ -34,7 +34,7 @@ def get_config(arg=None):
   if "demo" in variants:
     # Sized for a 2-core CPU: ResNet50 at 64x64, batch 32, 120 steps (~4 epochs of the 924 training
     # images) at 35-52 training images/s; with the dataset build, compilation and the evaluations
-    # the whole command takes about 3 minutes there (README "Pretraining" has the measurement).
+    # the whole command takes about 3 minutes there (timed runs: docs/performance.md).
     c.dataset, c.build_dataset, c.image_size = "radimagenet_demo/pretrain", True, 64
     c.batch_size, c.num_train_steps, c.warmup_steps = 32, 120, 10
     c.optimizer, c.learning_rate, c.weight_decay = "adam", 1e-3, 0.0
