@@ -1,4 +1,4 @@
-r"""The accelerator figures of the README in one call: for each model, our bf16 train step (state
+r"""The accelerator figures of docs/performance.md in one call: for each model, our bf16 train step (state
 init and compile times, images/s) next to PyTorch's (torchvision / timm, channels_last, bf16
 autocast; eager and torch.compile) on the same device, one framework at a time.
 

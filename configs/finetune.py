@@ -13,7 +13,7 @@ The ``:arg`` is a comma-separated list of one data set variant and ``key=value``
   official_thyroid, official_breast, official_acl, official_meniscus   the official
                repository's images and five folds (`radimagenet-jax build official/acl
                --manual_dir=RadImageNet/`)
-  demo         radimagenet_demo/lesion at 64x64: minutes on a 2-core CPU (init: the README's
+  demo         radimagenet_demo/lesion at 64x64: minutes on a 2-core CPU (init: the tour's
                pretraining demo checkpoint runs/demo, or random)
   tiny         the demo data at 32x32, a few steps: smoke tests
   own          your data set built with `radimagenet-jax build image_folder` (docs/datasets.md

@@ -148,7 +148,8 @@ def test_evaluate_on_a_fine_tuning_run_uses_the_runs_own_sets(tmp_path, demo_dat
   run = json.load(open(work / "run.json"))
   evals = [json.loads(l) for l in open(work / "metrics.jsonl")]
   last = [e for e in evals if e["split"] == "validation"][-1]
-  capsys.readouterr()
+  trained = capsys.readouterr().out   # the training log: 2 classes, so no top-5 (always 1)
+  assert "validation: loss" in trained and "top-5" not in trained
   assert cli.main(["evaluate", f"--workdir={work}"]) == 0
   result = json.load(open(work / f"eval_validation_step{last['step']}.json"))
   assert result["eval"]["loss"] == pytest.approx(last["loss"], rel=1e-5)   # the same examples

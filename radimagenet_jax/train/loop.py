@@ -244,8 +244,9 @@ def _fit(configs, workdirs, tasks, kind) -> list[Any]:
     for r in active():
       ev = results[r.index]
       r.writer.write(step, config.eval_split, {key: ev[key] for key in ("loss", "top1", "top5")})
+      top5 = f" top-5 {ev['top5']:.3f}" if num_classes > 5 else ""  # always 1 with <= 5 classes
       progress.log(f"step {step} {'' if alone else f'run {r.index} '}{config.eval_split}: loss "
-                   f"{ev['loss']:.4f} top-1 {ev['top1']:.3f} top-5 {ev['top5']:.3f}")
+                   f"{ev['loss']:.4f} top-1 {ev['top1']:.3f}{top5}")
       # The lowest validation loss is `best`. One kept at this step or later comes from an earlier
       # attempt at these same steps (a run restarted without its checkpoint): it stays.
       if r.task.select_best and math.isfinite(ev["loss"]) and (
