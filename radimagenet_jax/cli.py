@@ -68,9 +68,10 @@ def _config_command(argv, command, *, config_required=True, extra_flags=()):
   if (config_required and fv.config is None) or fv.workdir is None:
     raise SystemExit(f"radimagenet-jax {command}: --config and --workdir are required "
                      f"(see radimagenet-jax {command} --help).")
+  workdir = os.path.expanduser(fv.workdir)   # `--workdir=~/runs/x`: the shell leaves `~` after `=`
   if extra_flags:
-    return fv.config, fv.workdir, {name: fv[name].value for name, _, _ in extra_flags}
-  return fv.config, fv.workdir
+    return fv.config, workdir, {name: fv[name].value for name, _, _ in extra_flags}
+  return fv.config, workdir
 
 
 def _valid_config_keys(error, argv):
@@ -143,6 +144,10 @@ def _report(argv):
   p.add_argument("--seed", type=int, default=0, help="seed of that bootstrap (default 0)")
   args = p.parse_args(argv)
   from radimagenet_jax import evaluate
+  if args.out is not None:   # never the filesystem root or the home directory itself
+    from radimagenet_jax.train import config as config_lib
+    args.out = os.path.expanduser(args.out)
+    config_lib.refuse_shared_folder(os.path.abspath(args.out), flag="--out")
   rep = evaluate.write_report(args.dirs, out_dir=args.out, baseline=args.baseline,
                               resamples=args.resamples, seed=args.seed)
   for summary_line in _report_lines(rep):

@@ -63,3 +63,18 @@ def test_a_class_count_other_than_the_datas_is_refused_before_training(demo_data
                  f"radimagenet_demo/lesion has 2 classes ({', '.join(names)}); expected 0 (from "
                  f"the data) or 2. Nothing was trained.")
   assert not work.exists() or not os.listdir(work)
+
+
+def test_gradcam_expands_a_tilde_workdir(home, capsys):
+  # It wrote into a folder literally named '~' in the current directory.
+  assert cli.main(["gradcam", "--config=configs/gradcam.py:demo", "--workdir=~"]) == 1
+  assert f"--workdir={home} is your home directory itself" in capsys.readouterr().err
+  assert not os.path.exists("~")
+
+
+@pytest.mark.parametrize("out", ["/", "~"])
+def test_report_refuses_the_root_or_home_as_its_output(out, home, tmp_path, capsys):
+  assert cli.main(["report", os.fspath(tmp_path), f"--out={out}"]) == 1
+  err = capsys.readouterr().err.strip()
+  assert "--out=" in err and ("filesystem root" in err or "home directory itself" in err)
+  assert "\n" not in err
