@@ -23,6 +23,8 @@ TMP_SUFFIX = ".tmp"
 _TMP_NAME = re.compile(r"^(?P<record>.+)\.[A-Za-z0-9_]{8}\.tmp$")
 _DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 _READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+_DISK_FULL_TEXTS = tuple(f"os_error_code='{code}'" for code in sorted(set(_DISK_FULL))) + (
+    os.strerror(errno.ENOSPC),)
 
 
 class RecordWriteError(OSError):
@@ -34,11 +36,15 @@ class RecordWriteError(OSError):
 
 
 def is_disk_full(error: BaseException | None) -> bool:
-  """True when ``error`` or one of its causes is a full disk (ENOSPC, EDQUOT)."""
+  """True when ``error`` or one of its causes is a full disk: an OSError with ENOSPC / EDQUOT, or
+  a native library's error that carries it only in its text (TensorStore, under Orbax, raises
+  ``ValueError: RESOURCE_EXHAUSTED: ... No space left on device [os_error_code='28']``)."""
   seen = set()
   while error is not None and id(error) not in seen:
     seen.add(id(error))
     if isinstance(error, OSError) and error.errno in _DISK_FULL:
+      return True
+    if any(text in str(error) for text in _DISK_FULL_TEXTS):
       return True
     error = error.__cause__ or error.__context__
   return False

@@ -334,6 +334,25 @@ def quiet_tfds_notices() -> None:
     logger.addFilter(_NoOpenCVNotice())
 
 
+def quiet_closed_loop_noise() -> None:
+  """After a checkpoint write fails (a full disk), Orbax's asyncio loop closes while TensorStore's
+  native threads still post their callbacks to it; each raises 'RuntimeError: Event loop is
+  closed', which the native code reports through sys.unraisablehook (thousands of tracebacks
+  buried the one line that says what happened). The commands drop exactly those; every other
+  unraisable exception reaches the previous hook."""
+  previous = sys.unraisablehook
+  if getattr(previous, "quiet_closed_loop", False):
+    return
+
+  def hook(unraisable):
+    if unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed":
+      return
+    previous(unraisable)
+
+  hook.quiet_closed_loop = True
+  sys.unraisablehook = hook
+
+
 def main(argv=None):
   argv = sys.argv[1:] if argv is None else list(argv)
   if not argv or argv[0] in ("-h", "--help"):
@@ -349,6 +368,7 @@ def main(argv=None):
   # Before JAX starts: the CPU settings (_cpu_tuning.py), malloc's only for commands running steps.
   _cpu_tuning.tune_cpu(host_malloc=argv[0] in _STEP_COMMANDS)
   quiet_tfds_notices()
+  quiet_closed_loop_noise()
   from radimagenet_jax.train import preemption
   try:
     _COMMANDS[argv[0]][0](argv[1:])

@@ -284,3 +284,35 @@ def test_a_workdir_that_is_a_file_or_read_only_is_refused_before_anything_runs(t
   with pytest.raises(PermissionError, match=rf"--workdir={ro}: {ro} is not writable"):
     sweep.run_sweep(settings(ALL), ro, RUNS, fake, **QUIET)
   assert fake.calls == [] and os.listdir(ro) == []
+
+
+def test_a_native_libraries_full_disk_error_is_recognised():
+  # What Orbax's TensorStore raised on a real full tmpfs: a ValueError carrying ENOSPC in its text.
+  native = ValueError("RESOURCE_EXHAUSTED: Error writing \"params.conv1_conv.kernel/0\" in OCDBT "
+                      "database: Failed to write 35966976 bytes to file 14: No space left on "
+                      "device [os_error_code='28']")
+  assert _files.is_disk_full(native)
+  try:
+    raise RuntimeError("checkpoint save failed") from native
+  except RuntimeError as chained:
+    assert _files.is_disk_full(chained)
+  assert not _files.is_disk_full(ValueError("RESOURCE_EXHAUSTED: out of device memory"))
+  assert not _files.is_disk_full(OSError(errno.EACCES, "Permission denied"))
+
+
+def test_closed_event_loop_noise_is_dropped_and_other_unraisables_kept(monkeypatch):
+  import sys
+  seen = []
+  monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(str(u.exc_value)))
+  cli.quiet_closed_loop_noise()
+  cli.quiet_closed_loop_noise()   # once only: no hook stacked on the hook
+
+  class Unraisable:
+    def __init__(self, error):
+      self.exc_type, self.exc_value, self.exc_traceback = type(error), error, None
+      self.err_msg, self.object = None, None
+
+  sys.unraisablehook(Unraisable(RuntimeError("Event loop is closed")))
+  sys.unraisablehook(Unraisable(RuntimeError("something else")))
+  sys.unraisablehook(Unraisable(ValueError("Event loop is closed")))
+  assert seen == ["something else", "Event loop is closed"]
