@@ -98,20 +98,11 @@ def check_writable(folder: str, what: str = "the output directory") -> None:
 def write_text_atomic(path: str, text: str) -> None:
   """``text`` at ``path``, atomically: written to ``<path>.<random>.tmp`` in the same folder, then
   renamed over ``path``. On any failure the temporary file is removed and ``path`` is untouched."""
-  tmp = f"{path}.{secrets.token_hex(4)}{TMP_SUFFIX}"
-  try:
+  with atomic_target(path) as tmp:
     # O_EXCL: a fresh file of our own; mode 0666 & ~umask, as open() would create the record.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     with os.fdopen(fd, "w", newline="") as f:
       f.write(text)
-    os.replace(tmp, path)
-  except BaseException as e:
-    with contextlib.suppress(OSError):
-      os.remove(tmp)
-    converted = write_error(path, e) if isinstance(e, OSError) else e
-    if converted is not e:
-      raise converted from e
-    raise
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
