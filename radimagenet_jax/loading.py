@@ -23,6 +23,7 @@ import numpy as np
 
 from radimagenet_jax import keras_io, models
 from radimagenet_jax.data.preprocess import preprocess as apply_mode, to_rgb
+from radimagenet_jax.data.transforms import resize
 
 DEFAULT_PREPROCESS = "radimagenet"  # when the weights do not say (a random or unnamed file)
 
@@ -55,21 +56,12 @@ class Info:
       raise ValueError(f"images of shape {images.shape}; expected (B, H, W[, 1 or 3]) or one "
                        "(H, W[, 1 or 3]) image, uint8 0..255")
     if self.image_size and images.shape[1:3] != (self.image_size, self.image_size):
-      images = np.stack([_resize(im, self.image_size) for im in images])
+      images = np.stack([resize(im, (self.image_size,) * 2) for im in images])
     return apply_mode(to_rgb(images), mode=self.preprocess_mode)
 
   def label(self, index: int) -> str:
     """The class name of an output index (the index itself when the names are unknown)."""
     return str(self.class_names[index]) if self.class_names else str(index)
-
-
-def _resize(image: np.ndarray, size: int) -> np.ndarray:
-  """PIL nearest-neighbour resize of one uint8 (H, W, C) image (data.transforms.resize's)."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  gray = image.shape[-1] == 1
-  out = np.asarray(Image.fromarray(image[..., 0] if gray else image).resize(
-      (size, size), resample=Image.NEAREST))
-  return out[..., None] if gray else out
 
 
 def load(path: str | os.PathLike, model_name: str | None = None):

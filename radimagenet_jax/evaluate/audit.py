@@ -20,15 +20,14 @@ whose scenarios are not significantly better is reported as not shown.
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Sequence
 
 import numpy as np
 
 from radimagenet_jax import _files
-from radimagenet_jax.evaluate import roc
-from radimagenet_jax.evaluate.classification import read_predictions
+from radimagenet_jax.evaluate import report_summary, roc
+from radimagenet_jax.finetune import records
 
 # docs/fidelity.md "Evaluation": the paper's gains over ImageNet (AUC), per application.
 PUBLISHED_GAIN = {"thyroid": 0.094, "breast": 0.040, "acl": 0.048, "meniscus": 0.045,
@@ -51,14 +50,6 @@ def application(dataset: str | None) -> str | None:
   return APPLICATION.get(dataset, APPLICATION.get(dataset.split("/")[0]))
 
 
-def _json(path: str) -> dict:
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, json.JSONDecodeError) as e:
-    raise ValueError(f"{path}: unreadable ({e}); expected the JSON a sweep writes.") from e
-
-
 def _runs(sweep: str) -> list[dict]:
   """The finished runs of a sweep: settings, protocol and predictions."""
   from radimagenet_jax.finetune import protocols  # pylint: disable=g-import-not-at-top
@@ -68,15 +59,16 @@ def _runs(sweep: str) -> list[dict]:
     d = os.path.join(runs_dir, name)
     if not os.path.isfile(os.path.join(d, "predictions.csv")):
       continue
-    run = _json(os.path.join(d, "run.json"))
+    run = records.read_json(os.path.join(d, "run.json"))
     if run.get("status") != "done":
       continue
-    config = _json(os.path.join(d, "config.json")) if os.path.isfile(
+    checked = records.check_run(d, complete=False)  # the records parse and agree (splits.json)
+    config = records.read_json(os.path.join(d, "config.json")) if os.path.isfile(
         os.path.join(d, "config.json")) else {}
     out.append({"run": name, "model": run["model"], "freeze": run["freeze"],
                 "lr": float(run["lr"]), "init": run["init"], "fold": run.get("fold"),
                 "protocol": protocols.name_of(config), "dataset": run.get("dataset"),
-                "preds": read_predictions(os.path.join(d, "predictions.csv"))})
+                "preds": checked["predictions"]})
   return out
 
 
@@ -97,14 +89,12 @@ def _pooled(runs: list[dict]):
 
 
 def _describe(values) -> dict:
-  v = np.asarray([x for x in values if x is not None], np.float64)
-  return {"n": int(v.size), "mean": float(v.mean()) if v.size else None,
-          "sd": float(v.std(ddof=1)) if v.size > 1 else None}
+  return report_summary.describe([x for x in values if x is not None])
 
 
 def audit_sweep(sweep: str, candidate: str | None = None, baseline: str | None = None) -> dict:
   """One sweep's per-scenario and overall gains of ``candidate`` over ``baseline``."""
-  settings = _json(os.path.join(sweep, "sweep.json")) if os.path.isfile(
+  settings = records.read_json(os.path.join(sweep, "sweep.json")) if os.path.isfile(
       os.path.join(sweep, "sweep.json")) else {}
   runs = _runs(sweep)
   if not runs:
